@@ -1,0 +1,258 @@
+"""Classification data: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` folders (a seeded validation split
+when there is no ``val/``), or CSV files of ``path,label`` (several labels in one cell separated by spaces, ``;``
+or ``|``, or several rows per path, make it multi-label)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cvsuite import transforms as T
+from cvsuite.data.common import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    default_workers,
+    drop_unreadable,
+    list_images,
+    read_image,
+    seeded_split,
+)
+from cvsuite.models.backbone import data_config
+
+
+@dataclass
+class ClassificationDataConfig:
+    root: str | None = None  # folder with train/ (and val/) class folders, or holding the CSVs
+    train_csv: str | None = None  # CSV of path,label (paths relative to the CSV's folder); overrides folders
+    val_csv: str | None = None
+    val_fraction: float = 0.2  # seeded validation split when there is no val/ (or no val_csv)
+    image_size: int = 224
+    batch_size: int = 32
+    num_workers: int = -1  # -1 = cores - 1
+    augment: str = "light"  # none | light | strong
+    train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict format)
+    val_transforms: dict[str, Any] | None = None
+    multilabel: bool | None = None  # None = multi-label when any image has several labels
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    check_images: bool = True  # decode every image once before training; unreadable ones are skipped, named
+    class_names: list[str] | None = None  # fix the class order (default: sorted folder names / labels)
+
+
+@dataclass
+class Samples:
+    paths: list[Path]
+    labels: list[list[int]]  # one or more class ids per image
+    class_names: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _split_labels(cell: str) -> list[str]:
+    return [t for t in re.split(r"[;|\s]+", cell.strip()) if t]
+
+
+def read_csv(path: Path, class_names: list[str] | None = None) -> Samples:
+    """Rows of path,label; rows for one path are merged (multi-label). Names the row of any problem."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: CSV file not found")
+    rows: dict[Path, list[str]] = {}
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"{path}: empty CSV; expected a header 'path,label' and one row per image")
+        cols = [h.strip().lower() for h in header]
+        if "path" not in cols or "label" not in cols:
+            raise DatasetError(f"{path}: header must name columns 'path' and 'label', found {header}")
+        ip, il = cols.index("path"), cols.index("label")
+        for lineno, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) <= max(ip, il):
+                raise DatasetError(f"{path}:{lineno}: expected columns path,label, got {row}")
+            file = (path.parent / row[ip].strip()).resolve()
+            labels = _split_labels(row[il])
+            if not labels:
+                raise DatasetError(f"{path}:{lineno}: no label for {row[ip]}")
+            rows.setdefault(file, []).extend(x for x in labels if x not in rows.get(file, []))
+    names = class_names or sorted({x for labels in rows.values() for x in labels})
+    index = {n: i for i, n in enumerate(names)}
+    paths, labels, skipped = [], [], []
+    for file, names_of in rows.items():
+        unknown = [x for x in names_of if x not in index]
+        if unknown:
+            raise DatasetError(
+                f"{path}: {file} has label(s) {unknown} that are not classes of this model ({', '.join(names)}). "
+                "Fix the CSV or train with these classes."
+            )
+        if not file.is_file():
+            raise DatasetError(f"{path}: row for {file}: file does not exist. Fix the path or delete the row.")
+        paths.append(file)
+        labels.append([index[x] for x in names_of])
+    return Samples(paths, labels, names, skipped)
+
+
+def read_folders(root: Path, class_names: list[str] | None = None) -> Samples:
+    """``root/<class>/*`` images; every class folder must hold images."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: folder not found; expected one sub-folder of images per class")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(f"{root}: no class folders; expected {root}/<class>/*.jpg")
+    names = class_names or [p.name for p in folders]
+    index = {n: i for i, n in enumerate(names)}
+    paths, labels = [], []
+    for folder in folders:
+        if folder.name not in index:
+            raise DatasetError(
+                f"{folder}: class '{folder.name}' is not one of this model's classes ({', '.join(names)})"
+            )
+        images = list_images(folder)
+        if not images:
+            others = [p.name for p in folder.iterdir()][:3]
+            raise DatasetError(
+                f"{folder}: class folder holds no images ({'/'.join(IMAGE_EXTENSIONS[:4])}...){' but ' + str(others) if others else ''}."
+                " Add images or remove the folder."
+            )
+        paths += images
+        labels += [[index[folder.name]]] * len(images)
+    return Samples(paths, labels, names)
+
+
+class ImageClassificationDataset(Dataset):
+    """Dict samples: ``image`` (3, H, W) float tensor, ``label`` int (or (C,) multi-hot float), ``path`` str."""
+
+    def __init__(self, samples: Samples, transform: A.Compose, multilabel: bool) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.multilabel = multilabel
+        self.num_classes = len(samples.class_names)
+
+    def __len__(self) -> int:
+        return len(self.samples.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path = self.samples.paths[i]
+        image = self.transform(image=read_image(path))["image"]
+        labels = self.samples.labels[i]
+        if self.multilabel:
+            target = torch.zeros(self.num_classes)
+            target[labels] = 1.0
+        else:
+            target = labels[0]
+        return {"image": image, "label": target, "path": str(path)}
+
+
+def _subset(samples: Samples, idx: list[int]) -> Samples:
+    return Samples([samples.paths[i] for i in idx], [samples.labels[i] for i in idx], samples.class_names)
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        cfg: ClassificationDataConfig,
+        backbone: str,
+        seed: int = 42,
+        class_names: list[str] | None = None,
+        eval_pipeline: dict[str, Any] | None = None,
+        multilabel: bool | None = None,
+    ) -> None:
+        """Args beyond the config come from a checkpoint: its class order, preprocessing and label mode win."""
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        self.norm = data_config(backbone, cfg.image_size)
+        self.class_names = class_names or cfg.class_names
+        self._eval_pipeline = eval_pipeline
+        self.multilabel = multilabel if multilabel is not None else cfg.multilabel
+        self.train_set: ImageClassificationDataset | None = None
+        self.val_set: ImageClassificationDataset | None = None
+        self.skipped: list[tuple[Path, str]] = []
+
+    # ---- pipelines ---------------------------------------------------------------------------------------
+    def train_pipeline(self) -> A.Compose:
+        custom = T.from_config(self.cfg.train_transforms, "data.train_transforms")
+        return custom or T.train_transforms(self.cfg.augment, self.cfg.image_size, self.norm.mean, self.norm.std)
+
+    def eval_pipeline(self) -> A.Compose:
+        if self._eval_pipeline:
+            return A.from_dict(self._eval_pipeline)
+        custom = T.from_config(self.cfg.val_transforms, "data.val_transforms")
+        return custom or T.eval_transforms(self.cfg.image_size, self.norm.mean, self.norm.std, self.norm.crop_pct)
+
+    # ---- data --------------------------------------------------------------------------------------------
+    def _read(self) -> tuple[Samples, Samples]:
+        cfg = self.cfg
+        root = Path(cfg.root).expanduser() if cfg.root else None
+        if cfg.train_csv:
+            base = root or Path(".")
+            train = read_csv(base / cfg.train_csv, self.class_names)
+            val = read_csv(base / cfg.val_csv, train.class_names) if cfg.val_csv else None
+        else:
+            if root is None:
+                raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/<class>/ folders")
+            if not root.is_dir():
+                raise DatasetError(f"data.root {root} does not exist")
+            if not (root / "train").is_dir():
+                raise DatasetError(
+                    f"{root}: no train/ folder. Expected {root}/train/<class>/*.jpg (and optionally {root}/val/), "
+                    "or set data.train_csv"
+                )
+            train = read_folders(root / "train", self.class_names)
+            val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
+        if val is None:
+            tr, va = seeded_split(len(train.paths), cfg.val_fraction, self.seed, [lab[0] for lab in train.labels])
+            train, val = _subset(train, tr), _subset(train, va)
+        return train, val
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is not None:
+            return
+        train, val = self._read()
+        if self.cfg.check_images:
+            for samples in (train, val):
+                good, bad = drop_unreadable(samples.paths)
+                keep = set(good)
+                samples.labels = [lab for p, lab in zip(samples.paths, samples.labels) if p in keep]
+                samples.paths = good
+                self.skipped += bad
+        if not train.paths:
+            raise DatasetError(f"{self.cfg.root}: no readable training images left")
+        self.class_names = train.class_names
+        if self.multilabel is None:
+            self.multilabel = any(len(lab) > 1 for lab in train.labels + val.labels)
+        self.train_set = ImageClassificationDataset(train, self.train_pipeline(), self.multilabel)
+        self.val_set = ImageClassificationDataset(val, self.eval_pipeline(), self.multilabel)
+
+    def class_counts(self) -> np.ndarray:
+        counts = np.zeros(len(self.class_names))
+        for labels in self.train_set.samples.labels:
+            counts[labels] += 1
+        return counts
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = default_workers(self.cfg.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

