@@ -125,6 +125,12 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if hint is Any:
         return value
     base = origin or hint
+    if base is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept what Python reads as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base in (list, tuple) and isinstance(value, (list, tuple)):

@@ -34,8 +34,10 @@ def curves_plot(metrics_csv: Path, out: Path) -> Path:
     metric_keys += [k for k in cols if k.startswith("train_") and k != "train_loss"]
     loss_keys = [k for k in cols if k.endswith("loss") and k not in ("train_loss", "val_loss")]
     panels = [("loss", ["train_loss", "val_loss", *loss_keys]), ("validation metrics", metric_keys), ("lr", ["lr"])]
-    panels = [(title, [k for k in keys if k in cols and k not in (loss_keys if title != "loss" else ())])
-              for title, keys in panels]
+    panels = [
+        (title, [k for k in keys if k in cols and k not in (loss_keys if title != "loss" else ())])
+        for title, keys in panels
+    ]
     panels = [(title, keys) for title, keys in panels if keys]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):

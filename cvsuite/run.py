@@ -136,8 +136,14 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     best = ckpt.best_model_path or ckpt.last_model_path
     if best and trainer.state.status == "finished":
-        metrics = _evaluate_module(spec.module_class.load_from_checkpoint(best, map_location="cpu", pretrained=False),
-                                   spec, cfg, dm, run_dir, plots=cfg.run.plots)
+        metrics = _evaluate_module(
+            spec.module_class.load_from_checkpoint(best, map_location="cpu", pretrained=False),
+            spec,
+            cfg,
+            dm,
+            run_dir,
+            plots=cfg.run.plots,
+        )
         metrics["checkpoint"] = str(best)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if cfg.run.plots and (run_dir / "metrics.csv").exists():
@@ -225,4 +231,3 @@ def predict(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return spec.predict(module.eval(), paths, Path(output), cfg, **options)
-

@@ -66,7 +66,7 @@ def from_config(spec: dict[str, Any] | None, key: str) -> A.Compose | None:
     except Exception as err:
         raise ValueError(
             f"{key}: not a valid albumentations pipeline ({err}). Write it as albumentations serialises it: "
-            f"A.to_dict(A.Compose([...])), e.g. {{'transform': {{'__class_fullname__': 'Compose', 'transforms': [...]}}}}"
+            "A.to_dict(A.Compose([...])), i.e. {'transform': {'__class_fullname__': 'Compose', 'transforms': [...]}}"
         ) from err
 
 

@@ -33,7 +33,10 @@ def test_pooled_and_multiscale_contract():
     assert feature_channels(feats) == [24, 40, 112, 320]
     assert feature_reductions(feats) == [4, 8, 16, 32]
     assert [tuple(f.shape) for f in feats(torch.zeros(1, 3, 64, 64))] == [
-        (1, 24, 16, 16), (1, 40, 8, 8), (1, 112, 4, 4), (1, 320, 2, 2)
+        (1, 24, 16, 16),
+        (1, 40, 8, 8),
+        (1, 112, 4, 4),
+        (1, 320, 2, 2),
     ]
 
 
@@ -51,8 +54,11 @@ def _imagenet_top5(name: str) -> list[int]:
     from cvsuite.models.backbone import _offline_wheel_state_dict
 
     # The full classifier, with the wheel's 1000-class head, through timm's own preprocessing.
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=True,
-                              pretrained_cfg_overlay={"state_dict": _offline_wheel_state_dict("tf_efficientnet_lite0")})
+    model = timm.create_model(
+        "tf_efficientnet_lite0",
+        pretrained=True,
+        pretrained_cfg_overlay={"state_dict": _offline_wheel_state_dict("tf_efficientnet_lite0")},
+    )
     model.eval()
     cfg = timm.data.resolve_model_data_config(model)
     transform = timm.data.create_transform(**cfg)

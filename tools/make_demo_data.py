@@ -1,6 +1,6 @@
 """Write the demo's real two-class photo set (skimage's LFW subset: faces vs non-faces) to a folder.
 
-    python tools/make_demo_data.py data/faces
+python tools/make_demo_data.py data/faces
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Predict images (a file or a folder) with a checkpoint.
 
-    python tools/predict.py --ckpt runs/exp/checkpoints/best.ckpt --input photos/ --output preds/ [--topk 5]
+python tools/predict.py --ckpt runs/exp/checkpoints/best.ckpt --input photos/ --output preds/ [--topk 5]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train any cvsuite task from a recipe.
 
-    python tools/train.py --config configs/classification/finetune.yaml --data.root ROOT [--section.key value ...]
-    python tools/train.py --config ... --resume runs/exp/checkpoints/last.ckpt
+python tools/train.py --config configs/classification/finetune.yaml --data.root ROOT [--section.key value ...]
+python tools/train.py --config ... --resume runs/exp/checkpoints/last.ckpt
 """
 
 from __future__ import annotations

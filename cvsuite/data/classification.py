@@ -119,9 +119,10 @@ def read_folders(root: Path, class_names: list[str] | None = None) -> Samples:
         images = list_images(folder)
         if not images:
             others = [p.name for p in folder.iterdir()][:3]
+            found = f" (found only {others})" if others else ""
             raise DatasetError(
-                f"{folder}: class folder holds no images ({'/'.join(IMAGE_EXTENSIONS[:4])}...){' but ' + str(others) if others else ''}."
-                " Add images or remove the folder."
+                f"{folder}: class folder holds no images{found}. Add images ({', '.join(IMAGE_EXTENSIONS[:4])}...) "
+                "or remove the folder."
             )
         paths += images
         labels += [[index[folder.name]]] * len(images)

@@ -55,7 +55,9 @@ class ClassificationMetrics:
             return [float(x) for x in fn(probs, target, average="none", **kw)]
 
         out: dict[str, Any] = {
-            "accuracy": scalar(C.accuracy) if self.multilabel else float(C.accuracy(probs, target, average="micro", **kw)),
+            "accuracy": scalar(C.accuracy)
+            if self.multilabel
+            else float(C.accuracy(probs, target, average="micro", **kw)),
             "precision": scalar(C.precision),
             "recall": scalar(C.recall),
             "f1": scalar(C.f1_score),

@@ -41,6 +41,9 @@ class TaskSpec:
 # task does not import the others' dependencies.
 TASK_MODULES = {
     "classification": "cvsuite.tasks.classification",
+    "detection": "cvsuite.tasks.detection",
+    "segmentation": "cvsuite.tasks.segmentation",
+    "generation": "cvsuite.tasks.generation",
 }
 
 

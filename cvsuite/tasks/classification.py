@@ -104,9 +104,7 @@ class ClassificationTask(BaseTask):
 
     def on_validation_epoch_end(self) -> None:
         self.last_metrics = self.metrics.compute()
-        scalars = {
-            f"val_{k}": v for k, v in self.last_metrics.items() if isinstance(v, float) and k != "num_samples"
-        }
+        scalars = {f"val_{k}": v for k, v in self.last_metrics.items() if isinstance(v, float) and k != "num_samples"}
         for key, value in scalars.items():
             self.log(key, value, prog_bar=key == "val_accuracy")
 
