@@ -33,10 +33,27 @@ def timed(cmd: list[str]) -> tuple[float, str]:
 
 
 def ours(root: Path, run: Path, epochs: int, size: int, batch: int, *extra: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "tools/train.py", "--config", "configs/classification/finetune.yaml",
-           "--data.root", str(root), "--trainer.max_epochs", str(epochs), "--data.image_size", str(size),
-           "--data.batch_size", str(batch), "--trainer.default_root_dir", str(run),
-           "--trainer.enable_progress_bar", "false", "--run.early_stopping_patience", "null", *extra]
+    cmd = [
+        sys.executable,
+        "tools/train.py",
+        "--config",
+        "configs/classification/finetune.yaml",
+        "--data.root",
+        str(root),
+        "--trainer.max_epochs",
+        str(epochs),
+        "--data.image_size",
+        str(size),
+        "--data.batch_size",
+        str(batch),
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run.early_stopping_patience",
+        "null",
+        *extra,
+    ]
     seconds, _ = timed(cmd)
     return seconds, json.loads((run / "metrics.json").read_text())
 
@@ -52,22 +69,39 @@ def main() -> None:
     root = write_raccoon_crops(args.raccoon, tmp / "data", size=args.image_size)
     common = (args.epochs, args.image_size, args.batch_size)
 
-    plain_cmd = [sys.executable, "bench/plain_timm_finetune.py", "--root", str(root), "--epochs", str(args.epochs),
-                 "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-                 "--out", str(tmp / "plain.pth")]
+    plain_cmd = [
+        sys.executable,
+        "bench/plain_timm_finetune.py",
+        "--root",
+        str(root),
+        "--epochs",
+        str(args.epochs),
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--out",
+        str(tmp / "plain.pth"),
+    ]
     plain_s, plain_out = timed(plain_cmd)
     plain = json.loads(plain_out.strip().splitlines()[-1])
     # Same steps as the plain script: no frozen epoch, backbone at lr/10, 1 warm-up epoch then cosine.
     same_s, same = ours(root, tmp / "same", *common, "--finetune.freeze_epochs", "0")
     recipe_s, recipe = ours(root, tmp / "recipe", *common)
 
-    print(f"data: {root} (train {sum(1 for _ in (root / 'train').rglob('*.png'))}, "
-          f"val {sum(1 for _ in (root / 'val').rglob('*.png'))}); epochs {args.epochs}, "
-          f"{args.image_size}px, batch {args.batch_size}")
-    print(f"val accuracy  finetune.yaml recipe: {recipe['accuracy']:.4f} ({recipe_s:.0f} s)   "
-          f"hand-written timm: {plain['val_accuracy']:.4f} (best epoch {plain['best_val_accuracy']:.4f})")
-    print(f"process time  tools/train.py (same steps): {same_s:.1f} s   plain PyTorch: {plain_s:.1f} s   "
-          f"speed ratio ours/plain = {plain_s / same_s:.3f}   (accuracy of that run {same['accuracy']:.4f})")
+    print(
+        f"data: {root} (train {sum(1 for _ in (root / 'train').rglob('*.png'))}, "
+        f"val {sum(1 for _ in (root / 'val').rglob('*.png'))}); epochs {args.epochs}, "
+        f"{args.image_size}px, batch {args.batch_size}"
+    )
+    print(
+        f"val accuracy  finetune.yaml recipe: {recipe['accuracy']:.4f} ({recipe_s:.0f} s)   "
+        f"hand-written timm: {plain['val_accuracy']:.4f} (best epoch {plain['best_val_accuracy']:.4f})"
+    )
+    print(
+        f"process time  tools/train.py (same steps): {same_s:.1f} s   plain PyTorch: {plain_s:.1f} s   "
+        f"speed ratio ours/plain = {plain_s / same_s:.3f}   (accuracy of that run {same['accuracy']:.4f})"
+    )
 
 
 if __name__ == "__main__":

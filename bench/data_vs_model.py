@@ -33,9 +33,13 @@ def main() -> None:
     args = p.parse_args()
     # Full-size photo crops (not pre-shrunk), so decoding and resizing cost what they cost on user data.
     root = write_raccoon_crops(args.raccoon, Path(tempfile.mkdtemp()) / "data", size=320)
-    cfg = from_dict({"task": "classification",
-                     "data": {"root": str(root), "image_size": args.image_size, "batch_size": args.batch_size},
-                     "model": {"backbone": args.backbone}})
+    cfg = from_dict(
+        {
+            "task": "classification",
+            "data": {"root": str(root), "image_size": args.image_size, "batch_size": args.batch_size},
+            "model": {"backbone": args.backbone},
+        }
+    )
     dm = SPEC.build_datamodule(cfg, None)
     dm.setup("fit")
     module = SPEC.build_module(cfg, dm)
@@ -64,10 +68,14 @@ def main() -> None:
         module.criterion(module(x), y).backward()
         opt.step()
     model_ips = args.batches * args.batch_size / (time.perf_counter() - start)
-    print(f"workers {default_workers(cfg.data.num_workers)}, {args.image_size}px, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"data pipeline: {data_ips:.1f} img/s   model train step: {model_ips:.1f} img/s   "
-          f"ratio data/model = {data_ips / model_ips:.2f}")
+    print(
+        f"workers {default_workers(cfg.data.num_workers)}, {args.image_size}px, batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"data pipeline: {data_ips:.1f} img/s   model train step: {model_ips:.1f} img/s   "
+        f"ratio data/model = {data_ips / model_ips:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,14 @@ def main() -> None:
     val_tf = timm.data.create_transform(**cfg)
     train_set = datasets.ImageFolder(root / "train", train_tf)
     val_set = datasets.ImageFolder(root / "val", val_tf)
-    train_dl = DataLoader(train_set, args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
-                          persistent_workers=args.workers > 0)
+    train_dl = DataLoader(
+        train_set,
+        args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
     val_dl = DataLoader(val_set, args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0)
 
     # Head at lr, backbone at lr/10; no weight decay on norms/biases; warm-up 1 epoch then cosine.
@@ -60,14 +66,22 @@ def main() -> None:
     groups = [
         {"params": [p for p in model.parameters() if id(p) in head], "lr": args.lr},
         {"params": [p for p in model.parameters() if id(p) not in head and p.ndim > 1], "lr": args.lr * 0.1},
-        {"params": [p for p in model.parameters() if id(p) not in head and p.ndim <= 1], "lr": args.lr * 0.1,
-         "weight_decay": 0.0},
+        {
+            "params": [p for p in model.parameters() if id(p) not in head and p.ndim <= 1],
+            "lr": args.lr * 0.1,
+            "weight_decay": 0.0,
+        },
     ]
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01)
     steps = len(train_dl) * args.epochs
     warm = len(train_dl)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+        opt,
+        lambda s: (
+            (s + 1) / warm
+            if s < warm
+            else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+        ),
     )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     best = 0.0

@@ -29,8 +29,9 @@ def write_faces(root: str | Path, size: int = 64, val_fraction: float = 0.25, se
     return root
 
 
-def write_raccoon_crops(src: str | Path, root: str | Path, size: int = 128, val_fraction: float = 0.25,
-                        seed: int = 0) -> Path:
+def write_raccoon_crops(
+    src: str | Path, root: str | Path, size: int = 128, val_fraction: float = 0.25, seed: int = 0
+) -> Path:
     """A harder real two-class set from the raccoon detection photos (PASCAL VOC): each annotated raccoon crop
     ("raccoon") and a square window of the same photo that overlaps no raccoon ("background"), written as
     ``root/{train,val}/{raccoon,background}/*.png``. Both crops of a photo land in the same split."""
@@ -44,8 +45,10 @@ def write_raccoon_crops(src: str | Path, root: str | Path, size: int = 128, val_
     for rank, i in enumerate(order):
         tree = ET.parse(xmls[i]).getroot()
         image = Image.open(src / "images" / tree.findtext("filename")).convert("RGB")
-        boxes = [[int(float(o.findtext(f"bndbox/{k}"))) for k in ("xmin", "ymin", "xmax", "ymax")]
-                 for o in tree.iter("object")]
+        boxes = [
+            [int(float(o.findtext(f"bndbox/{k}"))) for k in ("xmin", "ymin", "xmax", "ymax")]
+            for o in tree.iter("object")
+        ]
         split = "val" if rank < n_val else "train"
         x0, y0, x1, y1 = boxes[0]
         crops = {"raccoon": (x0, y0, x1, y1)}

@@ -133,7 +133,7 @@ def test_freeze_then_unfreeze_across_a_resume(colour_data, tmp_path):
 @pytest.mark.parametrize(
     "extra",
     [
-        {"model": {"loss": "focal", "class_weights": "balanced"}},
+        {"model": {"loss": "focal", "class_weights": "balanced"}, "trainer": {"precision": "bf16-mixed"}},
         {"optim": {"optimizer": "sgd", "nesterov": True, "scheduler": "step", "step_size": 1, "l1_head": 1e-4}},
         {
             "optim": {"optimizer": "rmsprop", "lr": 1e-3, "scheduler": "cosine", "warmup_epochs": 0.5},
@@ -142,7 +142,7 @@ def test_freeze_then_unfreeze_across_a_resume(colour_data, tmp_path):
         {"data": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}, "run": {"ema_decay": 0.9, "early_stopping_patience": 1}},
         {"finetune": {"freeze_backbone": True}, "trainer": {"accumulate_grad_batches": 2, "gradient_clip_val": 1.0}},
     ],
-    ids=["focal-balanced", "sgd-step-l1", "rmsprop-layerdecay", "mixup-ema-earlystop", "frozen-accum-clip"],
+    ids=["focal-balanced-bf16", "sgd-step-l1", "rmsprop-layerdecay", "mixup-ema-earlystop", "frozen-accum-clip"],
 )
 def test_training_choices_run_end_to_end(colour_data, tmp_path, extra):
     recipe = tiny_recipe(colour_data, tmp_path / "run", **extra)
@@ -190,3 +190,16 @@ def test_cli_contract(trained, tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "p" / "predictions.json").is_file()
+
+
+def test_export_torchscript_reproduces_the_checkpoint(trained, tmp_path):
+    data, run_dir = trained
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    assert _tool("export").main(["--ckpt", str(ckpt), "--output", str(tmp_path / "model")]) == 0
+    scripted = torch.jit.load(str(tmp_path / "model.pt"))
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["class_names"] == ["blue", "red"] and meta["input"]["shape"] == [None, 3, 32, 32]
+    module, _, _ = load_checkpoint(ckpt)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), module.eval()(x), atol=1e-5)

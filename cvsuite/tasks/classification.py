@@ -82,6 +82,10 @@ class ClassificationTask(BaseTask):
         """images: (N, 3, H, W) normalised -> logits (N, num_classes)."""
         return self.head(self.backbone(images))
 
+    def export_module(self) -> torch.nn.Module:
+        """The network without the Lightning wrapper: normalised images -> logits (for TorchScript)."""
+        return torch.nn.Sequential(self.backbone, self.head)
+
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid() if self.hparams.multilabel else logits.softmax(-1)
 
