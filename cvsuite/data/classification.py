@@ -20,9 +20,9 @@ from cvsuite import transforms as T
 from cvsuite.data.common import (
     IMAGE_EXTENSIONS,
     DatasetError,
-    default_workers,
     drop_unreadable,
     list_images,
+    make_loader,
     read_image,
     seeded_split,
 )
@@ -241,16 +241,7 @@ class ClassificationDataModule(L.LightningDataModule):
         return counts
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        workers = default_workers(self.cfg.num_workers)
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.cfg.batch_size,
-        )
+        return make_loader(dataset, self.cfg.batch_size, shuffle, self.cfg.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

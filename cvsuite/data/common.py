@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger("cvsuite")
 
@@ -83,3 +85,21 @@ def default_workers(requested: int | None) -> int:
     if requested is not None and requested >= 0:
         return requested
     return max(0, min(8, (os.cpu_count() or 1) - 1)) or 0
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int | None, collate_fn: Callable | None = None
+) -> DataLoader:
+    """The DataLoader every task uses: default workers, persistent between epochs, pinned memory on GPUs, the
+    last incomplete batch dropped when training (BatchNorm dislikes a batch of one)."""
+    workers = default_workers(num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=shuffle and len(dataset) > batch_size,
+        collate_fn=collate_fn,
+    )

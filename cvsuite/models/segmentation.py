@@ -104,12 +104,18 @@ class SegmentationNet(nn.Module):
                 f"model.backbone: '{backbone}' gives {len(channels)} feature levels (strides {reductions}); "
                 "segmentation needs 5 levels at strides 2..32 (most CNNs: EfficientNet, ResNet, ConvNeXt)"
             )
+        self.decoder_name = decoder
         self.decoder, out_channels = _build_decoder(decoder, [3, *channels], decoder_width)
         self.head = SegmentationHead(out_channels, num_classes, kernel_size=3 if decoder == "unet" else 1)
         initialize_decoder(self.decoder)
         initialize_head(self.head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training and images.shape[0] == 1 and self.decoder_name == "deeplabv3plus":
+            # Its image-pooling branch normalises one value per channel: BatchNorm cannot train on a batch of 1.
+            raise ValueError(
+                "model.decoder deeplabv3plus needs data.batch_size >= 2 to train; raise it or use unet/fpn"
+            )
         h, w = images.shape[-2:]
         pad_h, pad_w = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
         x = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images

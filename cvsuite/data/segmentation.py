@@ -1,0 +1,649 @@
+"""Semantic segmentation data: images and masks matched by file stem, or COCO polygon/RLE annotations.
+
+Layouts (``data.root`` = ROOT)::
+
+    ROOT/train/images/*.jpg   ROOT/train/masks/*.png   (+ ROOT/val/images, ROOT/val/masks)
+    ROOT/images/*.jpg         ROOT/masks/*.png         (no split: a seeded data.val_fraction becomes validation)
+
+Sub-folder names are found among common ones (images/image/imgs/img/JPEGImages, masks/mask/labels/label/
+SegmentationClass/annotations/gt) or set with ``data.images_dir`` / ``data.masks_dir``. Instead of mask files,
+``data.train_annotations`` / ``data.val_annotations`` may name COCO JSON files (polygons or RLE).
+
+Masks may be class-index PNGs (value = class id), palette PNGs (VOC-style: the palette index is the class id),
+binary 0/255 images (read as 0/1, with a note in the log) or anything else through ``data.value_map``.
+Every mask is read once before training: a missing mask, a mask of another size than its image, or a value that
+is neither a class, ``ignore_index`` nor mapped is an error that names the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from cvsuite import transforms as T
+from cvsuite.data.common import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    default_workers,
+    list_images,
+    make_loader,
+    read_image,
+    seeded_split,
+)
+from cvsuite.models.backbone import data_config
+
+log = logging.getLogger("cvsuite")
+
+IMAGE_DIRS = ("images", "image", "imgs", "img", "JPEGImages")
+MASK_DIRS = ("masks", "mask", "labels", "label", "SegmentationClass", "annotations", "gt")
+AUGMENT_PRESETS = T.PRESETS
+
+
+@dataclass
+class SegmentationDataConfig:
+    root: str | None = None  # ROOT/train/{images,masks} (+ ROOT/val/...), or ROOT/{images,masks} alone
+    images_dir: str | None = None  # image sub-folder name; None = first found of images, image, imgs, img, ...
+    masks_dir: str | None = None  # mask sub-folder name; None = first found of masks, mask, labels, label, ...
+    mask_suffix: str = ""  # mask stem = image stem + this (e.g. "_mask" for a.jpg -> a_mask.png)
+    train_annotations: str | None = None  # COCO JSON (polygons/RLE) instead of mask files, relative to root
+    val_annotations: str | None = None
+    num_classes: int | None = None  # including background; None = len(class_names), COCO categories + 1, or masks
+    class_names: list[str] | None = None  # one per class id; default class_0.. (binary: background, foreground)
+    ignore_index: int = 255  # mask value that counts for nothing (VOC's void border); padding uses it too
+    value_map: dict[Any, int] | None = None  # mask value (or "R,G,B" colour) -> class id or ignore_index
+    val_fraction: float = 0.2  # seeded validation split when there is no val/ (or no val_annotations)
+    image_size: int | None = None  # resize so the longer side is this (train, val, predict); None = native size
+    crop_size: int = 256  # square training crops (padded with ignore_index where the image is smaller)
+    crops_per_image: int = 1  # random crops of each training image per epoch (small datasets of large images)
+    batch_size: int = 8
+    num_workers: int = -1  # -1 = cores - 1
+    augment: str = "light"  # none (crop) | light (scale, crop, flip) | strong (light + rotation, colour, blur)
+    train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict); must crop/pad
+    val_transforms: dict[str, Any] | None = None  # custom image-only pipeline; predictions are resized to masks
+
+
+@dataclass
+class Sample:
+    """One image and where its truth comes from: a mask file, or COCO annotations (possibly none: background)."""
+
+    image: Path
+    mask: Path | None = None
+    coco: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Split:
+    samples: list[Sample]
+    category_names: list[str] | None = None  # COCO: names in class order, background first
+    category_ids: dict[int, int] = field(default_factory=dict)  # COCO category id -> class id
+
+
+# ---- reading masks ---------------------------------------------------------------------------------------------
+def _colour_key(key: Any) -> int | None:
+    """``"R,G,B"``, ``"#RRGGBB"`` or ``[R, G, B]`` -> one packed int (R << 16 | G << 8 | B), else None."""
+    if isinstance(key, (list, tuple)) and len(key) == 3:
+        r, g, b = (int(v) for v in key)
+        return (r << 16) | (g << 8) | b
+    if isinstance(key, str) and key.startswith("#") and len(key) == 7:
+        return int(key[1:], 16)
+    if isinstance(key, str) and key.count(",") == 2:
+        r, g, b = (int(v) for v in key.split(","))
+        return (r << 16) | (g << 8) | b
+    return None
+
+
+def normalize_value_map(value_map: dict[Any, int] | None) -> tuple[dict[int, int], dict[int, int]]:
+    """data.value_map -> (gray value -> class, packed colour -> class)."""
+    gray: dict[int, int] = {}
+    colour: dict[int, int] = {}
+    for key, value in (value_map or {}).items():
+        packed = _colour_key(key)
+        if packed is not None:
+            colour[packed] = int(value)
+            continue
+        try:
+            gray[int(key)] = int(value)
+        except (TypeError, ValueError) as err:
+            raise DatasetError(
+                f"data.value_map: key {key!r} is neither a mask value (e.g. 255) nor a colour ('R,G,B' or '#RRGGBB')"
+            ) from err
+    return gray, colour
+
+
+def read_mask_raw(path: Path, colour: bool = False) -> np.ndarray:
+    """A mask file's values: (H, W) for gray, palette (the index) and 16-bit PNGs; (H, W) packed R<<16|G<<8|B
+    ints for colour masks. An RGB file whose channels are all equal is read as gray unless `colour` (the value
+    map names colours), so a colour-coded mask holding only a gray class still reads as that colour."""
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P":
+                # VOC-style: the palette index is the class id, whatever colour the palette gives it.
+                return np.asarray(img)
+            if img.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(img.convert("RGB"))
+                if not colour and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+                    return rgb[..., 0].copy()  # a gray mask saved as RGB
+                return (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+            if img.mode in ("LA", "PA"):
+                img = img.getchannel(0)
+            return np.asarray(img).astype(np.int64) if img.mode == "1" else np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DatasetError(f"{path}: cannot read mask ({err}). Replace or delete the file.") from err
+
+
+def coco_mask(annotations: list[dict[str, Any]], height: int, width: int, category_ids: dict[int, int]) -> np.ndarray:
+    """Paint COCO polygons/RLE into an (H, W) class-id mask (0 = background). Larger objects are painted first, so
+    a small object lying on a large one stays visible."""
+    from pycocotools import mask as mask_utils
+
+    out = np.zeros((height, width), dtype=np.int64)
+    for ann in sorted(annotations, key=lambda a: -float(a.get("area", 0))):
+        seg = ann.get("segmentation")
+        if not seg:
+            continue
+        if isinstance(seg, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, height, width)
+        else:
+            rle = seg
+        out[mask_utils.decode(rle).astype(bool)] = category_ids[ann["category_id"]]
+    return out
+
+
+@dataclass
+class MaskDecoder:
+    """Turns a sample's truth into class ids: value_map applied, everything else must be a class or ignore."""
+
+    num_classes: int
+    ignore_index: int
+    value_map: dict[Any, int] | None = None
+    category_ids: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._gray, self._colour = normalize_value_map(self.value_map)
+
+    def raw(self, sample: Sample, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Unmapped values. `size` (H, W) is needed for COCO."""
+        if sample.mask is not None:
+            return read_mask_raw(sample.mask, colour=bool(self._colour))
+        if size is None:
+            with Image.open(sample.image) as img:
+                size = (img.height, img.width)
+        return coco_mask(sample.coco or [], size[0], size[1], self.category_ids)
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        """(H, W) int64 class ids (or ignore_index); unmapped values pass through unchanged."""
+        out = raw.astype(np.int64)
+        table = {**self._gray, **self._colour}
+        if table:
+            values, inverse = np.unique(out, return_inverse=True)
+            out = np.array([table.get(int(v), int(v)) for v in values], dtype=np.int64)[inverse].reshape(raw.shape)
+        return out
+
+    def invalid(self, values: np.ndarray) -> list[int]:
+        """Encoded values that are neither a class id nor ignore_index."""
+        return [int(v) for v in values if not (0 <= v < self.num_classes or v == self.ignore_index)]
+
+    def __call__(self, sample: Sample, size: tuple[int, int] | None = None) -> np.ndarray:
+        return self.encode(self.raw(sample, size))
+
+
+def _bad_values_message(bad: dict[int, list[Path]], decoder: MaskDecoder) -> str:
+    def show(v: int) -> str:
+        return f"colour ({v >> 16},{(v >> 8) & 255},{v & 255})" if v > 65535 else str(v)
+
+    lines = []
+    for value, files in sorted(bad.items())[:10]:
+        more = f" (+{len(files) - 3} more)" if len(files) > 3 else ""
+        lines.append(f"  value {show(value)} in {', '.join(str(f) for f in files[:3])}{more}")
+    return (
+        f"Masks hold values that are not classes 0..{decoder.num_classes - 1}, nor data.ignore_index "
+        f"({decoder.ignore_index}), nor mapped by data.value_map:\n"
+        + "\n".join(lines)
+        + "\nSet data.num_classes to the real number of classes, map the values with data.value_map "
+        f"(e.g. {{{show(next(iter(bad)))}: {decoder.ignore_index}}} to ignore them; colours as 'R,G,B': class), "
+        "or fix the masks."
+    )
+
+
+# ---- finding samples -------------------------------------------------------------------------------------------
+def _find_dir(folder: Path, explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> Path:
+    if explicit:
+        path = folder / explicit
+        if not path.is_dir():
+            raise DatasetError(f"{path}: {what} folder not found (data.{key} = {explicit!r})")
+        return path
+    for name in candidates:
+        if (folder / name).is_dir():
+            return folder / name
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    raise DatasetError(
+        f"{folder}: no {what} folder (looked for {', '.join(candidates)}; found {found or 'nothing'}). "
+        f"Name it with data.{key}, or arrange the data as ROOT/train/images + ROOT/train/masks."
+    )
+
+
+def read_mask_folder(folder: Path, cfg: SegmentationDataConfig) -> Split:
+    """Images of ``folder/<images_dir>`` matched by stem (+ mask_suffix) to ``folder/<masks_dir>``."""
+    images_dir = _find_dir(folder, cfg.images_dir, IMAGE_DIRS, "image", "images_dir")
+    masks_dir = _find_dir(folder, cfg.masks_dir, MASK_DIRS, "mask", "masks_dir")
+    images = list_images(images_dir)
+    if not images:
+        raise DatasetError(f"{images_dir}: no images ({'/'.join(IMAGE_EXTENSIONS[:4])}...)")
+    masks: dict[str, Path] = {}
+    for m in list_images(masks_dir):
+        key = str(m.relative_to(masks_dir).with_suffix(""))
+        # A .png mask wins over a lossy .jpg one with the same stem.
+        if key not in masks or m.suffix.lower() == ".png":
+            masks[key] = m
+    samples, missing = [], []
+    for image in images:
+        key = str(image.relative_to(images_dir).with_suffix("")) + cfg.mask_suffix
+        if key in masks:
+            samples.append(Sample(image, masks.pop(key)))
+        else:
+            missing.append(image)
+    if missing:
+        shown = ", ".join(p.name for p in missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise DatasetError(
+            f"{len(missing)} image(s) in {images_dir} have no mask in {masks_dir}: {shown}. Masks are matched by file "
+            f"stem{' + data.mask_suffix ' + repr(cfg.mask_suffix) if cfg.mask_suffix else ''} (a.jpg -> "
+            f"a{cfg.mask_suffix}.png); add the masks, delete those images, or set data.mask_suffix."
+        )
+    if masks:
+        log.warning(
+            "%d mask(s) in %s have no image and are not used, e.g. %s", len(masks), masks_dir, next(iter(masks))
+        )
+    return Split(samples)
+
+
+def read_coco(json_path: Path, folder: Path, cfg: SegmentationDataConfig) -> Split:
+    """A COCO instances file: category ids become classes 1..K in id order, background is class 0."""
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: COCO annotation file not found")
+    try:
+        coco = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{json_path}: not valid JSON ({err})") from err
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise DatasetError(f"{json_path}: no '{key}' list; expected a COCO instances file")
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    category_ids = {c["id"]: i + 1 for i, c in enumerate(cats)}
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ann in coco["annotations"]:
+        if ann.get("category_id") not in category_ids:
+            raise DatasetError(
+                f"{json_path}: annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}"
+            )
+        by_image[ann["image_id"]].append(ann)
+    bases = [json_path.parent, json_path.parent / "images"]
+    if folder.is_dir():
+        try:
+            bases.insert(0, _find_dir(folder, cfg.images_dir, IMAGE_DIRS, "image", "images_dir"))
+        except DatasetError:
+            pass
+    samples, missing = [], []
+    for img in coco["images"]:
+        path = next((b / img["file_name"] for b in bases if (b / img["file_name"]).is_file()), None)
+        if path is None:
+            missing.append(img["file_name"])
+            continue
+        samples.append(Sample(path, coco=by_image.get(img["id"], [])))
+    if missing:
+        raise DatasetError(
+            f"{json_path}: {len(missing)} image file(s) not found, e.g. {missing[:3]}; looked in "
+            f"{', '.join(str(b) for b in bases)}. Set data.images_dir or fix file_name."
+        )
+    return Split(samples, ["background"] + [c["name"] for c in cats], category_ids)
+
+
+def find_splits(cfg: SegmentationDataConfig, seed: int) -> tuple[Split, Split]:
+    """(train, val) from the layouts in the module docstring."""
+    if not cfg.root:
+        raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/images and ROOT/train/masks")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data.root {root}: folder not found")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    val_dir = root / "val" if (root / "val").is_dir() else None
+    if cfg.train_annotations:
+        train = read_coco(root / cfg.train_annotations, train_dir, cfg)
+        val = read_coco(root / cfg.val_annotations, val_dir or root, cfg) if cfg.val_annotations else None
+        if val is not None and val.category_ids != train.category_ids:
+            raise DatasetError(f"{cfg.val_annotations}: categories differ from {cfg.train_annotations}")
+    else:
+        train = read_mask_folder(train_dir, cfg)
+        val = read_mask_folder(val_dir, cfg) if val_dir is not None else None
+    if val is None:
+        tr, va = seeded_split(len(train.samples), cfg.val_fraction, seed)
+        val = Split([train.samples[i] for i in va], train.category_names, train.category_ids)
+        train = Split([train.samples[i] for i in tr], train.category_names, train.category_ids)
+        log.info(
+            "no val split in %s: %d of %d images held out (data.val_fraction, seed %d)",
+            root,
+            len(va),
+            len(tr) + len(va),
+            seed,
+        )
+    return train, val
+
+
+# ---- checking every mask once --------------------------------------------------------------------------------
+@dataclass
+class MaskStats:
+    values: dict[int, list[Path]]  # raw mask value -> files holding it
+    size_errors: list[str]
+
+
+def scan(samples: list[Sample], decoder: MaskDecoder, workers: int = 8) -> MaskStats:
+    """Read every mask (threads: PNG decoding releases the GIL): raw values and size mismatches."""
+
+    def one(sample: Sample) -> tuple[Sample, np.ndarray, str | None]:
+        try:
+            with Image.open(sample.image) as img:
+                size = (img.height, img.width)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise DatasetError(f"{sample.image}: cannot read image ({err}). Replace or delete the file.") from err
+        raw = decoder.raw(sample, size)
+        error = None
+        if raw.shape[:2] != size:
+            error = (
+                f"mask {sample.mask} is {raw.shape[1]}x{raw.shape[0]} but image {sample.image} is {size[1]}x{size[0]}"
+            )
+        return sample, np.unique(raw), error
+
+    values: dict[int, list[Path]] = defaultdict(list)
+    errors = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for sample, uniques, error in pool.map(one, samples):
+            for v in uniques.tolist():
+                values[int(v)].append(sample.mask or sample.image)
+            if error:
+                errors.append(error)
+    return MaskStats(dict(values), errors)
+
+
+def pixel_counts(samples: list[Sample], decoder: MaskDecoder) -> np.ndarray:
+    """Pixels of each class over `samples` (for balanced class weights)."""
+    counts = np.zeros(decoder.num_classes, dtype=np.int64)
+    for sample in samples:
+        mask = decoder(sample)
+        counts += np.bincount(mask[(mask >= 0) & (mask < decoder.num_classes)], minlength=decoder.num_classes)
+    return counts
+
+
+# ---- pipelines --------------------------------------------------------------------------------------------------
+def train_transforms(preset: str, crop_size: int, image_size: int | None, mean, std, ignore_index: int) -> A.Compose:
+    """Scale-preserving crops, so training sees objects at the size validation (full image) sees them.
+
+    none: pad + random crop; light: + scale jitter 0.75-1.25 and horizontal flip; strong: light + rotation,
+    colour jitter and blur. Masks follow the image with nearest-neighbour interpolation (albumentations' default
+    for masks); padding and rotation borders are filled with `ignore_index`, so they count for nothing.
+    """
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(AUGMENT_PRESETS)}")
+    ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
+    if preset != "none":
+        ops.append(A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0))
+    ops += [
+        A.PadIfNeeded(crop_size, crop_size, border_mode=0, fill=0, fill_mask=ignore_index),
+        A.RandomCrop(crop_size, crop_size),
+    ]
+    if preset != "none":
+        ops.append(A.HorizontalFlip())
+    if preset == "strong":
+        ops += [
+            A.Affine(rotate=(-15, 15), border_mode=0, fill=0, fill_mask=ignore_index, p=0.3),
+            A.ColorJitter(0.3, 0.3, 0.3, 0.05, p=0.8),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+        ]
+    return A.Compose(ops + T.normalize(mean, std))
+
+
+def eval_transforms(image_size: int | None, mean, std) -> A.Compose:
+    """Image-only: optional resize of the longer side, then normalisation; the mask keeps its own size."""
+    ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
+    return A.Compose(ops + T.normalize(mean, std))
+
+
+# ---- datasets ---------------------------------------------------------------------------------------------------
+def _check_size(sample: Sample, image: np.ndarray, mask: np.ndarray) -> None:
+    if image.shape[:2] != mask.shape[:2]:
+        raise DatasetError(
+            f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image} is "
+            f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size. Fix or remove the pair."
+        )
+
+
+class SegmentationDataset(Dataset):
+    """Dict samples: ``image`` (3, h, w) float, ``mask`` (H, W) int64 class ids or ignore_index, ``path`` str.
+
+    Training (`train=True`): image and mask go through `transform` together (same crop, flip, rotation).
+    Evaluation: only the image is transformed; the mask stays at its file's resolution, and predictions are
+    resized to it before scoring.
+    """
+
+    def __init__(
+        self, samples: list[Sample], decoder: MaskDecoder, transform: A.Compose, train: bool, repeats: int = 1
+    ) -> None:
+        self.samples = samples
+        self.repeats = max(1, repeats)
+        self._seeded_in: tuple[int, int | None] | None = None
+        self.decoder = decoder
+        self.transform = transform
+        self.train = train
+        # cv2 warps uint8/uint16 masks; int64 would fail in some transforms.
+        self.mask_dtype = np.uint8 if max(decoder.num_classes - 1, decoder.ignore_index) <= 255 else np.uint16
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeats
+
+    def _seed_augmentation(self) -> None:
+        """Albumentations 2 draws from its own generator, seeded from OS entropy unless told otherwise: seed it from
+        torch's seed (run.seed in the main process; seed + worker id, new each epoch, in a worker) so a run repeats."""
+        info = get_worker_info()
+        where = (os.getpid(), info.id if info else None)
+        if self._seeded_in != where:
+            self._seeded_in = where
+            self.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.train:
+            self._seed_augmentation()
+        sample = self.samples[i % len(self.samples)]
+        image = read_image(sample.image)
+        mask = self.decoder(sample, image.shape[:2])
+        _check_size(sample, image, mask)
+        if self.train:
+            out = self.transform(image=image, mask=mask.astype(self.mask_dtype))
+            target = torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long)
+        else:
+            out = self.transform(image=image)
+            target = torch.from_numpy(mask)
+        return {"image": out["image"], "mask": target, "path": str(sample.image)}
+
+
+def pad_collate(batch: list[dict[str, Any]], ignore_index: int) -> dict[str, Any]:
+    """Stack samples of different sizes: images zero-padded at the bottom/right, masks padded with ignore_index.
+
+    Returns:
+        image (N, 3, H, W), mask (N, Hm, Wm), image_sizes (N, 2) and mask_sizes (N, 2) of the unpadded content,
+        path list.
+    """
+    h = max(b["image"].shape[-2] for b in batch)
+    w = max(b["image"].shape[-1] for b in batch)
+    hm = max(b["mask"].shape[-2] for b in batch)
+    wm = max(b["mask"].shape[-1] for b in batch)
+    images = batch[0]["image"].new_zeros(len(batch), batch[0]["image"].shape[0], h, w)
+    masks = torch.full((len(batch), hm, wm), ignore_index, dtype=torch.long)
+    for i, b in enumerate(batch):
+        images[i, :, : b["image"].shape[-2], : b["image"].shape[-1]] = b["image"]
+        masks[i, : b["mask"].shape[-2], : b["mask"].shape[-1]] = b["mask"]
+    return {
+        "image": images,
+        "mask": masks,
+        "image_sizes": torch.tensor([b["image"].shape[-2:] for b in batch]),
+        "mask_sizes": torch.tensor([b["mask"].shape[-2:] for b in batch]),
+        "path": [b["path"] for b in batch],
+    }
+
+
+class _Collate:
+    """Picklable for worker processes (a lambda is not)."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return pad_collate(batch, self.ignore_index)
+
+
+# ---- the datamodule ---------------------------------------------------------------------------------------------
+class SegmentationDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        cfg: SegmentationDataConfig,
+        backbone: str,
+        seed: int = 42,
+        class_names: list[str] | None = None,
+        ignore_index: int | None = None,
+        value_map: dict[Any, int] | None = None,
+        eval_pipeline: dict[str, Any] | None = None,
+    ) -> None:
+        """Args beyond the config come from a checkpoint: its classes, ignore value, value map (including the one
+        chosen automatically for 0/255 masks) and preprocessing win over the data."""
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        self.norm = data_config(backbone)
+        self.fixed = class_names is not None  # from a checkpoint: nothing is inferred from the data
+        self.class_names = list(class_names) if class_names else None
+        self.ignore_index = cfg.ignore_index if ignore_index is None else ignore_index
+        self.value_map = cfg.value_map if cfg.value_map is not None else value_map
+        self._eval_pipeline = eval_pipeline
+        self.decoder: MaskDecoder | None = None
+        self.train_set: SegmentationDataset | None = None
+        self.val_set: SegmentationDataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names or [])
+
+    def train_pipeline(self) -> A.Compose:
+        custom = T.from_config(self.cfg.train_transforms, "data.train_transforms")
+        return custom or train_transforms(
+            self.cfg.augment, self.cfg.crop_size, self.cfg.image_size, self.norm.mean, self.norm.std, self.ignore_index
+        )
+
+    def eval_pipeline(self) -> A.Compose:
+        if self._eval_pipeline:
+            return A.from_dict(self._eval_pipeline)
+        custom = T.from_config(self.cfg.val_transforms, "data.val_transforms")
+        return custom or eval_transforms(self.cfg.image_size, self.norm.mean, self.norm.std)
+
+    # ---- classes and value decoding ------------------------------------------------------------------------
+    def _resolve_classes(self, train: Split, stats: MaskStats) -> None:
+        """Fix num_classes, class names and the value map from the config, COCO categories or the mask values."""
+        cfg = self.cfg
+        values = set(stats.values)
+        names = cfg.class_names or train.category_names
+        num = cfg.num_classes or (len(names) if names else None)
+        if names and len(names) != num:
+            raise DatasetError(f"data.class_names has {len(names)} names but data.num_classes is {num}")
+        if self.value_map is None and num in (None, 2) and values <= {0, 255} and 255 in values:
+            # 0/255 binary images: 255 is the foreground, not VOC's void (which never comes without other classes).
+            self.value_map = {255: 1}
+            num = 2
+            log.info(
+                "masks hold only 0 and 255: reading them as binary, 0 -> class 0, 255 -> class 1 "
+                "(set data.value_map to read them otherwise)"
+            )
+        if num is None:
+            gray, colour = normalize_value_map(self.value_map)
+            mapped = {gray.get(v, colour.get(v, v)) for v in values} - {self.ignore_index}
+            if not mapped or min(mapped) < 0 or max(mapped) > 1023:
+                raise DatasetError(
+                    f"Cannot infer data.num_classes from mask values {sorted(values)[:10]}: set data.num_classes "
+                    "(and data.value_map for colour masks)"
+                )
+            num = max(mapped) + 1
+            log.info("data.num_classes not set: %d classes from the largest mask value", num)
+        if not names:
+            names = ["background", "foreground"] if num == 2 else [f"class_{i}" for i in range(num)]
+        if 0 <= self.ignore_index < num:
+            raise DatasetError(
+                f"data.ignore_index {self.ignore_index} is also a class id (0..{num - 1}); choose a value that is "
+                "not a class, e.g. 255"
+            )
+        self.class_names = list(names)
+
+    def _report(self, stats: MaskStats) -> None:
+        """Raise one DatasetError listing every size mismatch, or else every value that is not a class."""
+        if stats.size_errors:
+            shown = "\n  ".join(stats.size_errors[:10])
+            more = f"\n  (+{len(stats.size_errors) - 10} more)" if len(stats.size_errors) > 10 else ""
+            raise DatasetError(
+                f"{len(stats.size_errors)} mask(s) differ in size from their image:\n  {shown}{more}\n"
+                "A mask must have its image's size: resize it with nearest-neighbour interpolation or fix the pair."
+            )
+        bad: dict[int, list[Path]] = {}
+        for value, files in stats.values.items():
+            encoded = int(self.decoder.encode(np.array([value]))[0])
+            if self.decoder.invalid(np.array([encoded])):
+                bad[value] = files
+        if bad:
+            raise DatasetError(_bad_values_message(bad, self.decoder))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is not None:
+            return
+        train, val = find_splits(self.cfg, self.seed)
+        workers = default_workers(self.cfg.num_workers) or 1
+        probe = MaskDecoder(1, self.ignore_index, self.value_map, train.category_ids)
+        if not self.fixed:
+            stats = scan(train.samples + val.samples, probe, workers)
+            self._resolve_classes(train, stats)
+        self.decoder = MaskDecoder(self.num_classes, self.ignore_index, self.value_map, train.category_ids)
+        if self.fixed:
+            # Classes come from the checkpoint; only the split that will be used needs checking against them.
+            stats = scan(val.samples if stage == "validate" else train.samples + val.samples, self.decoder, workers)
+        self._report(stats)
+        self.train_set = SegmentationDataset(
+            train.samples, self.decoder, self.train_pipeline(), train=True, repeats=self.cfg.crops_per_image
+        )
+        self.val_set = SegmentationDataset(val.samples, self.decoder, self.eval_pipeline(), train=False)
+        log.info(
+            "segmentation data: %d train / %d val images, %d classes (%s), ignore_index %d",
+            len(train.samples),
+            len(val.samples),
+            self.num_classes,
+            ", ".join(self.class_names),
+            self.ignore_index,
+        )
+
+    def class_pixel_counts(self) -> np.ndarray:
+        return pixel_counts(self.train_set.samples, self.decoder)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return make_loader(dataset, self.cfg.batch_size, shuffle, self.cfg.num_workers, _Collate(self.ignore_index))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
