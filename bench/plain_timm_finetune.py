@@ -47,7 +47,10 @@ def main() -> None:
     )
     cfg = timm.data.resolve_model_data_config(model)
     cfg["input_size"] = (3, args.image_size, args.image_size)
-    train_tf = timm.data.create_transform(**cfg, is_training=True, hflip=0.5, scale=(0.35, 1.0), auto_augment=None)
+    # The same light augmentation as our "light" preset: random resized crop (35-100% area) and flip, no colour.
+    train_tf = timm.data.create_transform(
+        **cfg, is_training=True, hflip=0.5, scale=(0.35, 1.0), color_jitter=0.0, auto_augment=None
+    )
     val_tf = timm.data.create_transform(**cfg)
     train_set = datasets.ImageFolder(root / "train", train_tf)
     val_set = datasets.ImageFolder(root / "val", val_tf)

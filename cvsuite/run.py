@@ -13,6 +13,7 @@ Run folder (``trainer.default_root_dir``)::
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import warnings
@@ -191,16 +192,26 @@ def _evaluate_module(module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | No
 
 
 def evaluate(
-    ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None, output: str | None = None
+    ckpt: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    output: str | None = None,
+    predictions: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of `ckpt` on the validation split of the (possibly overridden) data; written to
-    ``<run>/eval_metrics.json`` (or `output`) and returned."""
+    ``<run>/eval_metrics.json`` (or `output`) and returned. With `predictions`, the task also writes its raw
+    predictions there (``module.write_predictions``; detection: a COCO results JSON)."""
     module, cfg, spec = load_checkpoint(ckpt, config, overrides)
+    write_predictions = getattr(module, "write_predictions", None)
+    if predictions and write_predictions is None:
+        raise ValueError(f"--predictions: the {cfg.task} task has no predictions file to write")
     dm = spec.build_datamodule(cfg, module)
     dm.setup("validate")
     run_dir = run_dir_of(ckpt)
     metrics = _evaluate_module(module, spec, cfg, dm, run_dir, plots=False)
     metrics["checkpoint"] = str(ckpt)
+    if predictions:
+        metrics["predictions"] = str(write_predictions(predictions))
     out = Path(output) if output else run_dir / "eval_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
@@ -217,6 +228,10 @@ def predict(
 ) -> Path:
     """Predict every image in `inputs` (a file or a folder, searched recursively) into `output`."""
     module, cfg, spec = load_checkpoint(ckpt, config, overrides)
+    accepted = inspect.signature(spec.predict).parameters
+    for name in options:
+        if name not in accepted:
+            raise ValueError(f"--{name} does not apply to {cfg.task} checkpoints")
     inputs = Path(inputs)
     if inputs.is_dir():
         paths = list_images(inputs)
