@@ -2,6 +2,7 @@
 also written to <run>/eval_metrics.json (or --output).
 
     python tools/eval.py --ckpt runs/exp/checkpoints/best.ckpt [--config RECIPE] [--data.root ROOT]
+        [--predictions detections.json]
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="checkpoint written by tools/train.py")
     parser.add_argument("--config", help="recipe YAML (default: the one stored in the checkpoint)")
     parser.add_argument("--output", help="JSON file to write (default: <run>/eval_metrics.json)")
+    parser.add_argument("--predictions", help="also write the predictions here (detection: COCO results JSON)")
     args, overrides = parse(parser, argv)
-    return main_wrapper(lambda: print_json_last(evaluate(args.ckpt, args.config, overrides, args.output)))
+    return main_wrapper(
+        lambda: print_json_last(evaluate(args.ckpt, args.config, overrides, args.output, args.predictions))
+    )
 
 
 if __name__ == "__main__":

@@ -112,12 +112,13 @@ def clean_boxes(
     for i, box in enumerate(boxes):
         x1, y1, x2, y2 = box.tolist()
         clipped = np.clip(box, 0, [width, height, width, height])
-        if not np.allclose(clipped, box):
+        # Normalised YOLO coordinates come back with float round-off (-3e-7): clip that silently.
+        if np.abs(clipped - box).max() > 0.01:
             report.add(
                 f"{where}: box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the {width}x{height} image; "
                 f"clipped to {[round(float(v), 1) for v in clipped]}. Check the annotation if this is not expected."
             )
-            boxes[i] = clipped
+        boxes[i] = clipped
         bw, bh = boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1]
         if bw < min_size or bh < min_size:
             report.add(
@@ -185,7 +186,8 @@ def read_coco(split: Path, class_names: list[str] | None, min_size: float = 1.0)
         cats[c["id"]] = str(c["name"])
     cat_order = sorted(cats)
     names = list(class_names) if class_names else [cats[c] for c in cat_order]
-    index_of_cat = {c: _class_index(names, cats[c], f"{ann_file}: category id {c}") for c in cat_order}
+    # A category the model does not know is an error only where an annotation uses it.
+    index_of_cat = {c: names.index(cats[c]) if cats[c] in names else None for c in cat_order}
     category_ids = [next((c for c in cat_order if cats[c] == n), i + 1) for i, n in enumerate(names)]
     images: dict[int, dict[str, Any]] = {}
     for im in data["images"]:
@@ -216,7 +218,10 @@ def read_coco(split: Path, class_names: list[str] | None, min_size: float = 1.0)
         x, y, w, h = (float(v) for v in bbox)
         entry = images[ann["image_id"]]
         entry["boxes"].append([x, y, x + w, y + h])
-        entry["labels"].append(index_of_cat[ann["category_id"]])
+        label = index_of_cat[ann["category_id"]]
+        if label is None:
+            label = _class_index(names, cats[ann["category_id"]], f"{ann_file}: annotation id {aid}")
+        entry["labels"].append(label)
         entry["ignore"].append(bool(ann.get("iscrowd", 0)))
     report = _BoxReport()
     records = []
@@ -224,8 +229,18 @@ def read_coco(split: Path, class_names: list[str] | None, min_size: float = 1.0)
         width, height = _image_size(entry["path"])
         where = f"{ann_file} image id {iid} ({entry['path'].name})"
         records.append(
-            _record(entry["path"], width, height, entry["boxes"], entry["labels"], entry["ignore"], iid, where,
-                    report, min_size)
+            _record(
+                entry["path"],
+                width,
+                height,
+                entry["boxes"],
+                entry["labels"],
+                entry["ignore"],
+                iid,
+                where,
+                report,
+                min_size,
+            )
         )
     report.flush(ann_file)
     return Split(records, names, category_ids, "coco")
@@ -394,8 +409,9 @@ def read_yolo(
             labels.append(_class_index(names, file_names[cls], f"{txt}:{lineno}"))
             boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
         where = str(txt or path)
-        records.append(_record(path, width, height, boxes, labels, [False] * len(labels), i + 1, where, report,
-                               min_size))
+        records.append(
+            _record(path, width, height, boxes, labels, [False] * len(labels), i + 1, where, report, min_size)
+        )
     report.flush(label_dir)
     return Split(records, names, list(range(1, len(names) + 1)), "yolo")
 
@@ -460,11 +476,20 @@ def write_split(records: list[ImageRecord], class_names: list[str], split: Path,
         for r in records:
             for box, label, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
                 x1, y1, x2, y2 = box
-                anns.append({"id": len(anns) + 1, "image_id": r.image_id, "category_id": label + 1,
-                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(ign)})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": r.image_id,
+                        "category_id": label + 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": int(ign),
+                    }
+                )
         data = {
-            "images": [{"id": r.image_id, "file_name": r.path.name, "width": r.width, "height": r.height}
-                       for r in records],
+            "images": [
+                {"id": r.image_id, "file_name": r.path.name, "width": r.width, "height": r.height} for r in records
+            ],
             "annotations": anns,
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(class_names)],
         }
@@ -477,8 +502,10 @@ def write_split(records: list[ImageRecord], class_names: list[str], split: Path,
                 f"<xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
                 for b, lab, ign in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist())
             )
-            xml = (f"<annotation><filename>{r.path.name}</filename><size><width>{r.width}</width>"
-                   f"<height>{r.height}</height><depth>3</depth></size>{objs}</annotation>")
+            xml = (
+                f"<annotation><filename>{r.path.name}</filename><size><width>{r.width}</width>"
+                f"<height>{r.height}</height><depth>3</depth></size>{objs}</annotation>"
+            )
             (split / "annotations" / f"{r.path.stem}.xml").write_text(xml)
     elif fmt == "yolo":
         (split / "labels").mkdir(exist_ok=True)
@@ -528,8 +555,17 @@ def make_shapes(
             labels.append(cls)
         path = folder / f"shape_{i:03d}.png"
         Image.fromarray(img).save(path)
-        records.append(ImageRecord(path, w, h, np.asarray(boxes, np.float32).reshape(-1, 4),
-                                   np.asarray(labels, np.int64), np.zeros(len(labels), bool), i + 1))
+        records.append(
+            ImageRecord(
+                path,
+                w,
+                h,
+                np.asarray(boxes, np.float32).reshape(-1, 4),
+                np.asarray(labels, np.int64),
+                np.zeros(len(labels), bool),
+                i + 1,
+            )
+        )
     return records, names
 
 
@@ -546,9 +582,7 @@ def bbox_params(min_visibility: float = 0.3, min_size: float = 1.0) -> A.BboxPar
     )
 
 
-def train_pipeline(
-    preset: str, size: int, mean, std, min_visibility: float = 0.3, min_size: float = 1.0
-) -> A.Compose:
+def train_pipeline(preset: str, size: int, mean, std, min_visibility: float = 0.3, min_size: float = 1.0) -> A.Compose:
     """Boxes move with the image. Every preset letterboxes to size x size (longest side `size`, aspect kept,
     padded with the mean colour, which the normalisation turns into 0, as torchvision pads its batches).
 
@@ -621,8 +655,11 @@ class DetectionDataset(Dataset):
                 "boxes": torch.from_numpy(boxes),
                 "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),
             },
-            "gt": {"boxes": torch.from_numpy(r.boxes), "labels": torch.from_numpy(r.labels),
-                   "ignore": torch.from_numpy(r.ignore)},
+            "gt": {
+                "boxes": torch.from_numpy(r.boxes),
+                "labels": torch.from_numpy(r.labels),
+                "ignore": torch.from_numpy(r.ignore),
+            },
             "orig_size": (r.height, r.width),
             "image_id": r.image_id,
             "path": str(r.path),
@@ -633,6 +670,13 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Lists, not stacked tensors: images may differ in size and in number of boxes; torchvision's detectors
     take a list of images and pad them into one batch themselves."""
     return {key: [s[key] for s in samples] for key in samples[0]}
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Each DataLoader worker reseeds its copy of the pipeline from its torch seed (the run's seed + worker id),
+    so workers augment differently from each other and reproducibly from run to run."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
 class DetectionDataModule(L.LightningDataModule):
@@ -647,7 +691,9 @@ class DetectionDataModule(L.LightningDataModule):
         """Args beyond the config come from a checkpoint: its class order and preprocessing win."""
         super().__init__()
         if cfg.image_size % 32:
-            raise ValueError(f"data.image_size must be a multiple of 32 (the deepest feature stride), got {cfg.image_size}")
+            raise ValueError(
+                f"data.image_size must be a multiple of 32 (the deepest feature stride), got {cfg.image_size}"
+            )
         self.cfg = cfg
         self.seed = seed
         self.norm = data_config(backbone, cfg.image_size)
@@ -664,8 +710,9 @@ class DetectionDataModule(L.LightningDataModule):
         custom = T.from_config(cfg.train_transforms, "data.train_transforms")
         if custom is not None:
             return _with_boxes(custom, bbox_params(cfg.min_visibility, cfg.min_box_size))
-        return train_pipeline(cfg.augment, cfg.image_size, self.norm.mean, self.norm.std, cfg.min_visibility,
-                              cfg.min_box_size)
+        return train_pipeline(
+            cfg.augment, cfg.image_size, self.norm.mean, self.norm.std, cfg.min_visibility, cfg.min_box_size
+        )
 
     def eval_pipeline(self) -> A.Compose:
         if self._eval_pipeline:
@@ -676,15 +723,25 @@ class DetectionDataModule(L.LightningDataModule):
         return eval_pipeline(self.cfg.image_size, self.norm.mean, self.norm.std)
 
     # ---- data --------------------------------------------------------------------------------------------
-    def _read(self) -> tuple[Split, list[ImageRecord]]:
+    def _read(self, stage: str | None = None) -> tuple[Split | None, list[ImageRecord]]:
         cfg = self.cfg
         if not cfg.root:
             raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/ (and ROOT/val/)")
         root = Path(cfg.root).expanduser()
         if not root.is_dir():
             raise DatasetError(f"data.root: {root} is not a folder")
-        kw = {"fmt": cfg.format, "min_size": cfg.min_box_size, "use_difficult": cfg.use_difficult, "root": root,
-              "names_file": cfg.names_file}
+        kw = {
+            "fmt": cfg.format,
+            "min_size": cfg.min_box_size,
+            "use_difficult": cfg.use_difficult,
+            "root": root,
+            "names_file": cfg.names_file,
+        }
+        if stage == "validate" and self.class_names and (root / "val").is_dir():
+            # Evaluating a checkpoint: its classes are known, the training split need not be read at all.
+            val = read_split(root / "val", class_names=self.class_names, **kw)
+            self.category_ids = val.category_ids
+            return None, val.records
         if (root / "train").is_dir():
             train = read_split(root / "train", class_names=self.class_names, **kw)
             if (root / "val").is_dir():
@@ -692,8 +749,11 @@ class DetectionDataModule(L.LightningDataModule):
                 self.category_ids = val.category_ids
                 return train, val.records
         elif (root / "images").is_dir():
-            log.info("%s has no train/ folder; using it as one split with a seeded %.0f%% validation split",
-                     root, 100 * cfg.val_fraction)
+            log.info(
+                "%s has no train/ folder; using it as one split with a seeded %.0f%% validation split",
+                root,
+                100 * cfg.val_fraction,
+            )
             train = read_split(root, class_names=self.class_names, **kw)
         else:
             raise DatasetError(
@@ -709,14 +769,20 @@ class DetectionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
             return
-        train, val = self._read()
+        train, val = self._read(stage)
         if self.cfg.check_images:
-            train.records = self._readable(train.records)
             val = self._readable(val)
-        if not train.records:
-            raise DatasetError(f"{self.cfg.root}: no readable training images left")
-        self.class_names = train.class_names
-        self.train_set = DetectionDataset(train.records, self.train_pipeline())
+        if train is not None:
+            if self.cfg.check_images:
+                train.records = self._readable(train.records)
+            if not train.records:
+                raise DatasetError(f"{self.cfg.root}: no readable training images left")
+            self.class_names = train.class_names
+            pipeline = self.train_pipeline()
+            # albumentations 2 draws from its own generator, which seed_everything does not reach: seed it here,
+            # and per worker in _seed_worker, so a seeded run augments the same way twice.
+            pipeline.set_random_seed(self.seed)
+            self.train_set = DetectionDataset(train.records, pipeline)
         self.val_set = DetectionDataset(val, self.eval_pipeline())
 
     def _readable(self, records: list[ImageRecord]) -> list[ImageRecord]:
@@ -736,6 +802,7 @@ class DetectionDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=shuffle and len(dataset) > self.cfg.batch_size,
             collate_fn=collate,
+            worker_init_fn=_seed_worker,
         )
 
     def train_dataloader(self) -> DataLoader:

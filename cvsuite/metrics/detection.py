@@ -156,7 +156,9 @@ class DetectionEvaluator:
             boxes = _as_numpy(target["boxes"]).reshape(-1, 4)
             ignore = target.get("ignore")
             ignore = np.zeros(len(boxes), bool) if ignore is None else _as_numpy(ignore, bool).reshape(-1)
-            self.gt.append({"boxes": boxes, "labels": _as_numpy(target["labels"], np.int64).reshape(-1), "ignore": ignore})
+            self.gt.append(
+                {"boxes": boxes, "labels": _as_numpy(target["labels"], np.int64).reshape(-1), "ignore": ignore}
+            )
             self.preds.append(
                 {
                     "boxes": _as_numpy(pred["boxes"]).reshape(-1, 4),

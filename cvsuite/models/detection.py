@@ -48,9 +48,12 @@ class TimmFPN(nn.Module):
             self.strides = self.strides + [self.strides[-1] * 2]
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=extra_block)
         self.out_channels = out_channels
+        # Depthwise convolutions (EfficientNet, MobileNet) run about 2x faster channels-last on CPU (measured on
+        # tf_efficientnet_lite0, training and inference); the FPN and heads were not faster, so they stay NCHW.
+        self.body.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        features = self.body(x)
+        features = self.body(x.contiguous(memory_format=torch.channels_last))
         return self.fpn(OrderedDict(zip(self.names, features)))
 
 
@@ -90,14 +93,20 @@ class Detector(nn.Module):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"model.architecture: unknown '{architecture}'. Choose one of {', '.join(ARCHITECTURES)}")
-        if fpn_channels % 32:
-            # FCOS's head uses GroupNorm(32, channels).
-            raise ValueError(f"model.fpn_channels must be a multiple of 32, got {fpn_channels}")
+        if architecture == "fcos" and (fpn_channels % 32 or fpn_channels < 64):
+            # FCOS's head normalises with GroupNorm(32 groups), which needs 2+ values per group on a 1x1 P7 map.
+            raise ValueError(
+                f"model.fpn_channels must be a multiple of 32 and at least 64 for fcos, got {fpn_channels}"
+            )
         self.architecture = architecture
         # Faster R-CNN reserves label 0 for background; the one-stage heads use sigmoid scores over K classes.
         self.label_offset = 1 if architecture == "faster_rcnn" else 0
         body = create_backbone(
-            backbone, pretrained=pretrained, weights=weights, features_only=True, out_indices=out_indices,
+            backbone,
+            pretrained=pretrained,
+            weights=weights,
+            features_only=True,
+            out_indices=out_indices,
             **backbone_kwargs,
         )
         trunk = TimmFPN(body, fpn_channels, "pool" if architecture == "faster_rcnn" else "p6p7")

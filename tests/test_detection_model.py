@@ -1,0 +1,176 @@
+"""Detectors on the shared backbone: the three torchvision heads train and predict, a tiny FCOS learns synthetic
+boxes, and the transfer-learning controls reach the trunk inside the detector."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cvsuite.models.detection import Detector
+from cvsuite.optim import param_groups
+from cvsuite.tasks.detection import DetectionTask, to_original
+
+TINY = dict(backbone="test_efficientnet", pretrained=False, fpn_channels=64, image_size=64)
+OPTIM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none", "warmup_epochs": 0.0}
+
+
+def _batch(n: int = 2, size: int = 64, seed: int = 0):
+    """Bright squares on a dark background, one per image, class = which half of the image it is in."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for _ in range(n):
+        img = torch.rand(3, size, size, generator=g) * 0.3 - 1
+        s = int(torch.randint(14, 24, (1,), generator=g))
+        x, y = (int(v) for v in torch.randint(0, size - s, (2,), generator=g))
+        img[:, y : y + s, x : x + s] = 0.9
+        images.append(img)
+        label = int(x + s / 2 > size / 2)
+        targets.append(
+            {"boxes": torch.tensor([[x, y, x + s, y + s]], dtype=torch.float), "labels": torch.tensor([label])}
+        )
+    return images, targets
+
+
+@pytest.mark.parametrize(
+    "architecture, loss_keys",
+    [
+        ("fcos", {"classification", "bbox_regression", "bbox_ctrness"}),
+        ("retinanet", {"classification", "bbox_regression"}),
+        ("faster_rcnn", {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}),
+    ],
+)
+def test_each_architecture_trains_and_predicts(architecture, loss_keys):
+    torch.manual_seed(0)
+    det = Detector(architecture, num_classes=2, score_thresh=0.0, max_detections=5, **TINY)
+    images, targets = _batch()
+    images.append(torch.zeros(3, 48, 64))  # another size, and no objects: both must be accepted
+    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)})
+    det.train()
+    losses = det(images, targets)
+    assert set(losses) == loss_keys
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert det.trunk.conv_stem.weight.grad is not None and det.trunk.conv_stem.weight.grad.abs().sum() > 0
+    det.eval()
+    with torch.no_grad():
+        out = det(images)
+    assert len(out) == 3
+    for o, im in zip(out, images):
+        assert 0 < len(o["boxes"]) <= 5
+        # Labels are 0..K-1 for every head (Faster R-CNN's background slot is hidden).
+        assert o["labels"].min() >= 0 and o["labels"].max() < 2
+        assert (o["boxes"][:, 2] <= im.shape[-1] + 1e-3).all() and (o["boxes"][:, 3] <= im.shape[-2] + 1e-3).all()
+
+
+def test_any_timm_backbone_fits():
+    # A ResNet trunk (other channels per level than EfficientNet) under RetinaNet, levels chosen by index.
+    det = Detector("retinanet", 3, **{**TINY, "backbone": "test_resnet", "out_indices": [2, 3, 4]}).eval()
+    assert det.model.backbone.strides == [8, 16, 32, 64, 128]
+    with torch.no_grad():
+        out = det([torch.zeros(3, 64, 96)])
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_a_tiny_fcos_loss_falls_on_synthetic_boxes():
+    torch.manual_seed(0)
+    det = Detector("fcos", num_classes=2, head_convs=2, **TINY)
+    images, targets = _batch(n=4)
+    opt = torch.optim.Adam(det.parameters(), lr=3e-3)
+    det.train()
+    history = []
+    for _ in range(20):
+        losses = det(images, targets)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        history.append({k: float(v) for k, v in losses.items()})
+    total = [sum(h.values()) for h in history]
+    assert sum(total[-3:]) / 3 < 0.6 * sum(total[:3]) / 3, total
+    # Not only the class prior settling: the box regression (GIoU) improves as well.
+    assert history[-1]["bbox_regression"] < 0.9 * history[0]["bbox_regression"], history
+
+
+def test_validation_losses_leave_the_model_untouched():
+    det = Detector("fcos", num_classes=2, **TINY)
+    det.eval()
+    bn = next(m for m in det.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    images, targets = _batch()
+    losses = det.losses(images, targets)
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert torch.equal(bn.running_mean, before)
+    assert not any(m.training for m in det.modules())
+
+
+def test_postprocess_settings_apply_to_every_head():
+    images, _ = _batch()
+    for arch in ("fcos", "retinanet", "faster_rcnn"):
+        det = Detector(arch, num_classes=2, score_thresh=0.0, max_detections=3, **TINY).eval()
+        with torch.no_grad():
+            assert all(len(o["boxes"]) <= 3 for o in det(images))
+            det.set_postprocess(score_thresh=1.01, nms_iou=0.5, max_detections=3)
+            assert all(len(o["boxes"]) == 0 for o in det(images))
+
+
+def test_unknown_architecture_is_named():
+    with pytest.raises(ValueError, match="model.architecture: unknown 'yolo'. Choose one of fcos, retinanet"):
+        Detector("yolo", num_classes=1, **TINY)
+    with pytest.raises(ValueError, match="fpn_channels must be a multiple of 32 and at least 64 for fcos, got 32"):
+        Detector("fcos", num_classes=1, **{**TINY, "fpn_channels": 32})
+
+
+def _task(**kw) -> DetectionTask:
+    finetune = {"freeze_epochs": 0, "backbone_lr_mult": 0.1, **kw.pop("finetune", {})}
+    tiny = {k: v for k, v in TINY.items()}
+    return DetectionTask(["a", "b"], OPTIM, finetune, **tiny, **kw)
+
+
+def test_freeze_and_backbone_lr_reach_the_trunk():
+    task = _task(finetune={"freeze_backbone": True})
+    assert task.backbone is task.detector.model.backbone.body
+    task.apply_freeze()
+    trunk = {id(p) for p in task.backbone.parameters()}
+    assert all(not p.requires_grad for p in task.backbone.parameters())
+    assert all(p.requires_grad for p in task.parameters() if id(p) not in trunk)  # FPN and head still learn
+    task.train()
+    assert not any(m.training for m in task.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    groups = param_groups(task, task.backbone, lr=1.0, weight_decay=0.0, backbone_lr_mult=0.1)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert {round(lr_of[i], 9) for i in trunk} == {0.1}
+    assert {v for k, v in lr_of.items() if k not in trunk} == {1.0}
+    # The trunk is stored once in the checkpoint (a property, not a second registered module).
+    assert not any(k.startswith("backbone.") for k in task.state_dict())
+
+
+def test_checkpoint_round_trip_predicts_the_same(tmp_path):
+    import lightning as L
+
+    torch.manual_seed(0)
+    task = _task(score_thresh=0.0, eval_pipeline=None).eval()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "t.ckpt")
+    loaded = DetectionTask.load_from_checkpoint(tmp_path / "t.ckpt", pretrained=False).eval()
+    images, _ = _batch()
+    with torch.no_grad():
+        a, b = task(images), loaded(images)
+    assert loaded.hparams.class_names == ["a", "b"]
+    torch.testing.assert_close(a[0]["boxes"], b[0]["boxes"])
+
+
+def test_mixed_precision_step_is_finite():
+    det = Detector("fcos", num_classes=2, **TINY).train()
+    images, targets = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = det(images, targets)
+    loss = sum(losses.values())
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_boxes_map_back_to_the_original_image():
+    pred = [
+        {"boxes": torch.tensor([[10.0, 5.0, 20.0, 15.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    ]
+    out = to_original(pred, [torch.zeros(3, 32, 64)], [(96, 256)])  # input is the original shrunk 4x / 3x
+    torch.testing.assert_close(out[0]["boxes"], torch.tensor([[40.0, 15.0, 80.0, 45.0]]))
