@@ -124,3 +124,16 @@ def test_augmentation_presets_and_custom_pipeline(tmp_path):
     assert make_dm(root=str(root), train_transforms=custom).train_set[0]["image"].shape == (3, 24, 24)
     with pytest.raises(ValueError, match="data.train_transforms: not a valid albumentations pipeline"):
         make_dm(root=str(root), train_transforms={"transform": {"__class_fullname__": "NoSuchOp"}})
+
+
+def test_augmentation_is_reproducible_for_a_seed(tmp_path):
+    root = write_class_folders(tmp_path, per_class=2)
+
+    def first_image(seed: int) -> torch.Tensor:
+        cfg = ClassificationDataConfig(root=str(root), image_size=32, num_workers=0, augment="strong")
+        dm = ClassificationDataModule(cfg, "test_efficientnet", seed=seed)
+        dm.setup("fit")
+        return torch.stack([dm.train_set[0]["image"] for _ in range(3)])
+
+    assert torch.equal(first_image(1), first_image(1))
+    assert not torch.equal(first_image(1), first_image(2))

@@ -231,7 +231,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.class_names = train.class_names
         if self.multilabel is None:
             self.multilabel = any(len(lab) > 1 for lab in train.labels + val.labels)
-        self.train_set = ImageClassificationDataset(train, self.train_pipeline(), self.multilabel)
+        pipeline = self.train_pipeline()
+        pipeline.set_random_seed(self.seed)  # workers reseed from it in make_loader; seed_everything cannot reach it
+        self.train_set = ImageClassificationDataset(train, pipeline, self.multilabel)
         self.val_set = ImageClassificationDataset(val, self.eval_pipeline(), self.multilabel)
 
     def class_counts(self) -> np.ndarray:

@@ -87,6 +87,16 @@ def default_workers(requested: int | None) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1)) or 0
 
 
+def seed_augmentation_worker(worker_id: int) -> None:
+    """albumentations 2 draws from its own generator, which seed_everything does not reach: each DataLoader worker
+    reseeds its copy of the pipeline from its torch seed (the run's seed + worker id), so workers augment
+    differently from each other and a seeded run augments the same way twice."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int | None, collate_fn: Callable | None = None
 ) -> DataLoader:
@@ -102,4 +112,5 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=shuffle and len(dataset) > batch_size,
         collate_fn=collate_fn,
+        worker_init_fn=seed_augmentation_worker,
     )

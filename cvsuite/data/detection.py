@@ -31,7 +31,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cvsuite import transforms as T
-from cvsuite.data.common import DatasetError, default_workers, drop_unreadable, list_images, read_image, seeded_split
+from cvsuite.data.common import (
+    DatasetError,
+    drop_unreadable,
+    list_images,
+    make_loader,
+    read_image,
+    seeded_split,
+)
 from cvsuite.models.backbone import data_config
 
 log = logging.getLogger("cvsuite")
@@ -672,13 +679,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {key: [s[key] for s in samples] for key in samples[0]}
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Each DataLoader worker reseeds its copy of the pipeline from its torch seed (the run's seed + worker id),
-    so workers augment differently from each other and reproducibly from run to run."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
-
-
 class DetectionDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -780,7 +780,7 @@ class DetectionDataModule(L.LightningDataModule):
             self.class_names = train.class_names
             pipeline = self.train_pipeline()
             # albumentations 2 draws from its own generator, which seed_everything does not reach: seed it here,
-            # and per worker in _seed_worker, so a seeded run augments the same way twice.
+            # and per worker in make_loader, so a seeded run augments the same way twice.
             pipeline.set_random_seed(self.seed)
             self.train_set = DetectionDataset(train.records, pipeline)
         self.val_set = DetectionDataset(val, self.eval_pipeline())
@@ -792,18 +792,7 @@ class DetectionDataModule(L.LightningDataModule):
         return [r for r in records if r.path in keep]
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        workers = default_workers(self.cfg.num_workers)
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.cfg.batch_size,
-            collate_fn=collate,
-            worker_init_fn=_seed_worker,
-        )
+        return make_loader(dataset, self.cfg.batch_size, shuffle, self.cfg.num_workers, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
