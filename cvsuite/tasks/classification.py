@@ -175,8 +175,12 @@ def predict(module: ClassificationTask, paths: list[Path], output: Path, cfg=Non
     from cvsuite.plots import image_grid
 
     names = list(module.hparams.class_names)
-    images = [read_image(p) for p in paths]
-    scores = module.predict_images(images)
+    chunks, shown = [], []
+    for i in range(0, len(paths), 64):  # a folder of any size: read, score and drop the images 64 at a time
+        images = [read_image(p) for p in paths[i : i + 64]]
+        chunks.append(module.predict_images(images))
+        shown += images[: 64 - len(shown)]
+    scores = torch.cat(chunks)
     k = min(topk, len(names))
     rows = []
     for path, s in zip(paths, scores):
@@ -194,7 +198,7 @@ def predict(module: ClassificationTask, paths: list[Path], output: Path, cfg=Non
         for row in rows:
             fh.write(row["path"] + "," + ",".join(f"{t['label']},{t['score']}" for t in row["topk"]) + "\n")
     captions = [f"{r['topk'][0]['label']} {r['topk'][0]['score']:.2f}" for r in rows]
-    image_grid(images[:64], captions[:64], output / "predictions.png")
+    image_grid(shown, captions[: len(shown)], output / "predictions.png")
     return output / "predictions.csv"
 
 
