@@ -7,6 +7,7 @@ Without --data it writes the 100 face crops of scikit-image's LFW subset (25x25 
 
 Variants (one training each, run one after the other so they do not compete for the CPU):
     projected        configs/generation/fewshot.yaml as shipped
+    projected-learned the same with the 1x1 projections trained (the recipe keeps them fixed, as the paper does)
     fastgan+dcgan-D  the same generator with the from-scratch DCGAN discriminator (isolates the discriminator)
     dcgan            configs/generation/dcgan.yaml: plain DCGAN generator and discriminator
 
@@ -33,6 +34,7 @@ from cvsuite.run import train  # noqa: E402
 
 VARIANTS = {
     "projected": ("fewshot.yaml", []),
+    "projected-learned": ("fewshot.yaml", ["--model.projection", "learned"]),
     "fastgan+dcgan-D": ("fewshot.yaml", ["--model.discriminator", "dcgan", "--model.d_channels", "32"]),
     "dcgan": ("dcgan.yaml", []),
 }

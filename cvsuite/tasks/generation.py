@@ -1,0 +1,415 @@
+"""GAN image generation (unconditional or class-conditional) with Lightning's manual optimisation.
+
+Default: a projected discriminator (Projected GAN, Sauer et al., 2021) whose eyes are the frozen ImageNet backbone
+from the shared factory, DiffAugment on real and fake images, hinge loss, an EMA copy of the generator for samples
+and metrics. The pretrained backbone serves the discriminator and the FID/KID metrics; the generator is a decoder
+trained from scratch. ``model.discriminator: dcgan`` is the from-scratch baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule
+from cvsuite.metrics.generation import BackboneFeatures, GenerationMetrics
+from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
+from cvsuite.models.generation import (
+    DCGANDiscriminator,
+    DiffAugment,
+    ProjectedDiscriminator,
+    create_generator,
+    discriminator_loss,
+    generator_loss,
+)
+from cvsuite.optim import build_optimizer, build_scheduler, param_groups
+from cvsuite.tasks import TaskSpec
+from cvsuite.tasks.base import BaseTask
+
+log = logging.getLogger("cvsuite")
+DISCRIMINATORS = ("projected", "dcgan")
+
+
+@dataclass
+class GenerationModelConfig:
+    generator: str = "fastgan"  # fastgan | dcgan: the decoder from noise to image, always trained from scratch
+    discriminator: str = "projected"  # projected: heads on the frozen pretrained backbone | dcgan: from scratch
+    backbone: str = DEFAULT_BACKBONE  # the projected discriminator's frozen feature network (any timm name)
+    pretrained: bool = True
+    weights: str | None = None  # local weights file or folder for the backbone
+    d_input_size: int | None = None  # images are resized to this side before the backbone; null = data.image_size
+    projection: str = "fixed"  # fixed (random init, as in the paper: a weaker early D) | learned: the 1x1 projections
+    latent_dim: int = 128
+    g_channels: int = 8  # generator width at the output resolution, doubled per halving (dcgan: its ngf, e.g. 32)
+    d_channels: int = 32  # discriminator width (first projection, or first DCGAN layer)
+    loss: str = "hinge"  # hinge | nonsaturating
+    diffaugment: str = "color,translation,cutout"  # DiffAugment policy for real and fake images; "" = off
+    ema_decay: float = 0.999  # EMA of the generator used for samples and metrics (with warm-up); 0 = off
+    d_lr: float | None = None  # discriminator learning rate; null = optim.lr (which is the generator's)
+    d_betas: list[float] | None = None  # discriminator Adam betas; null = optim.betas
+    feature_network: str = DEFAULT_BACKBONE  # pretrained backbone whose pooled features FID/KID compare
+    feature_weights: str | None = None  # local weights file for it (default: the factory's offline/hub weights)
+    feature_input_size: int | None = None  # images are resized to this for it; null = its weights' size (224)
+    kid_subset_size: int = 100  # images per KID subset (capped at the number of images)
+    inception_weights: str | None = None  # torch-fidelity's Inception weights file: adds the classic fid_inception
+    grid_size: int = 64  # fixed-noise samples drawn into <run>/samples/epoch_NNN.png
+
+
+def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
+    """The transfer-learning knobs of other tasks would be silently ignored here: refuse them."""
+    ignored = {
+        "finetune.freeze_epochs": finetune.get("freeze_epochs", 0) != 0,
+        "finetune.backbone_lr_mult": finetune.get("backbone_lr_mult", 1.0) != 1.0,
+        "finetune.layer_decay": finetune.get("layer_decay") is not None,
+        "optim.l1_head": optim.get("l1_head", 0.0) != 0.0,
+    }
+    bad = [k for k, v in ignored.items() if v]
+    if bad:
+        raise ValueError(
+            f"{', '.join(bad)} do(es) not apply to the GAN: the discriminator's backbone stays frozen for the whole "
+            "run (training it lets the discriminator win). Remove the key(s)."
+        )
+
+
+class GenerationTask(BaseTask):
+    """GAN system: generator, discriminator, EMA generator, DiffAugment; two optimisers stepped by hand.
+
+    ``self.backbone`` is the projected discriminator's frozen pretrained trunk (an empty module for the DCGAN
+    discriminator). ``forward(z, labels)`` samples from the EMA generator: (N, 3, S, S) in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        optim: dict[str, Any],
+        finetune: dict[str, Any],
+        image_size: int = 64,
+        class_names: list[str] | None = None,
+        generator: str = "fastgan",
+        discriminator: str = "projected",
+        backbone: str = DEFAULT_BACKBONE,
+        pretrained: bool = True,
+        weights: str | None = None,
+        d_input_size: int | None = None,
+        projection: str = "fixed",
+        latent_dim: int = 128,
+        g_channels: int = 8,
+        d_channels: int = 32,
+        loss: str = "hinge",
+        diffaugment: str = "color,translation,cutout",
+        ema_decay: float = 0.999,
+        d_lr: float | None = None,
+        d_betas: list[float] | None = None,
+        feature_network: str = DEFAULT_BACKBONE,
+        feature_weights: str | None = None,
+        feature_input_size: int | None = None,
+        kid_subset_size: int = 100,
+        inception_weights: str | None = None,
+        grid_size: int = 64,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(optim, finetune)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        _check_no_finetune(optim, finetune)
+        discriminator_loss([torch.zeros(1)], [torch.zeros(1)], loss)  # fail on an unknown loss now, not at step 1
+        self.num_classes = len(class_names) if class_names else 0
+        self.generator = create_generator(
+            generator, image_size=image_size, latent_dim=latent_dim, channels=g_channels, num_classes=self.num_classes
+        )
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        if discriminator == "projected":
+            trunk = create_backbone(backbone, pretrained=pretrained, weights=weights, features_only=True)
+            norm = data_config(backbone)
+            self.discriminator = ProjectedDiscriminator(
+                trunk, norm.mean, norm.std, image_size, d_channels, d_input_size, projection, self.num_classes
+            )
+        elif discriminator == "dcgan":
+            self.discriminator = DCGANDiscriminator(image_size, d_channels, num_classes=self.num_classes)
+        else:
+            raise KeyError(f"model.discriminator: unknown '{discriminator}'. Choose one of {', '.join(DISCRIMINATORS)}")
+        self._no_backbone = nn.Identity()
+        self.augment = DiffAugment(diffaugment)
+        # Fixed noise, stored in the checkpoint: the grid of every epoch (and of a resumed run) shows the same seeds.
+        noise = torch.randn(grid_size, latent_dim, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("grid_noise", noise)
+        self.register_buffer("grid_labels", torch.arange(grid_size) % max(1, self.num_classes))
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._metrics: GenerationMetrics | None = None  # built on first use; not a submodule, not checkpointed
+        self._real_cached = False
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The projected discriminator's frozen pretrained trunk (an empty module for the DCGAN discriminator)."""
+        return getattr(self.discriminator, "backbone", self._no_backbone)
+
+    def backbone_frozen(self, epoch: int | None = None) -> bool:
+        return True
+
+    def train(self, mode: bool = True) -> GenerationTask:
+        super().train(mode)
+        self.generator_ema.eval()
+        return self
+
+    # ---- sampling ----------------------------------------------------------------------------------------
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (N, latent_dim) -> (N, 3, S, S) in [-1, 1] from the EMA generator."""
+        return self.generator_ema(z, labels if self.num_classes else None)
+
+    def noise(self, n: int, seed: int) -> torch.Tensor:
+        """(n, latent_dim) standard normal noise, identical on every device for a given seed."""
+        z = torch.randn(n, self.hparams.latent_dim, generator=torch.Generator().manual_seed(seed))
+        return z.to(self.device)
+
+    @torch.no_grad()
+    def sample_grid(self) -> torch.Tensor:
+        """The fixed-noise samples, (grid_size, 3, S, S) in [0, 1]."""
+        return to_unit(self(self.grid_noise, self.grid_labels).float())
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        real = batch["image"]
+        labels = batch["label"] if self.num_classes else None  # fakes get the real batch's class mix
+        n = real.shape[0]
+        fake = self.generator(torch.randn(n, self.hparams.latent_dim, device=self.device), labels)
+        kind = self.hparams.loss
+
+        # Discriminator: fakes detached, and the frozen backbone records no graph for them or the reals.
+        with self.toggled_optimizer(opt_d):
+            d_real = self.discriminator(self.augment(real), labels)
+            d_fake = self.discriminator(self.augment(fake.detach()), labels)
+            loss_d = discriminator_loss(d_real, d_fake, kind)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+        # Generator: the same fakes, judged by the updated discriminator; gradients pass through the backbone.
+        with self.toggled_optimizer(opt_g):
+            loss_g = generator_loss(self.discriminator(self.augment(fake), labels), kind)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
+        self.update_ema()
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            scheduler.step()
+
+        losses = {"train_d_loss": loss_d.detach().float(), "train_g_loss": loss_g.detach().float()}
+        self.log_dict(losses, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        # Mean logits on reals and fakes: when they separate completely the discriminator has won (collapse).
+        logits = {"train_d_real": d_real, "train_d_fake": d_fake}
+        logits = {k: torch.stack([x.detach().float().mean() for x in v]).mean() for k, v in logits.items()}
+        self.log_dict(logits, on_step=False, on_epoch=True, batch_size=n)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA of the generator; the decay ramps up from 0.1 so early samples are not an average of noise."""
+        n = int(self.ema_updates)
+        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
+        for ema, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            ema.lerp_(p.detach(), 1.0 - decay)
+        for ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            ema.copy_(b)  # BatchNorm running statistics follow the live generator
+        self.ema_updates += 1
+
+    def configure_optimizers(self):
+        """Adam(W)/SGD from the `optim` section for the generator; `model.d_lr` / `model.d_betas` for the
+        discriminator. The frozen backbone (and fixed projections) are in neither."""
+        # float(): YAML reads "betas: [0, 0.99]" as an int and a float, which torch's Adam rejects.
+        cfg = {**self.optim_cfg, "betas": [float(b) for b in self.optim_cfg["betas"]]}
+        d_cfg = {
+            **cfg,
+            "lr": self.hparams.d_lr or cfg["lr"],
+            "betas": [float(b) for b in self.hparams.d_betas or cfg["betas"]],
+        }
+        frozen = {id(p) for p in self.backbone.parameters()}
+        optimizers = []
+        for net, c in ((self.generator, cfg), (self.discriminator, d_cfg)):
+            groups = param_groups(net, None, c["lr"], c["weight_decay"], c.get("no_decay_norm_bias", True))
+            for g in groups:
+                g["params"] = [p for p in g["params"] if id(p) not in frozen and p.requires_grad]
+            optimizers.append(build_optimizer([g for g in groups if g["params"]], c))
+        if cfg["scheduler"] == "none":
+            return optimizers
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, math.ceil(total / max(1, int(self.trainer.max_epochs or 1))))
+        return optimizers, [build_scheduler(o, c, total, per_epoch) for o, c in zip(optimizers, (cfg, d_cfg))]
+
+    # ---- validation: FID/KID of EMA samples against the real set ------------------------------------------
+    def metrics(self) -> GenerationMetrics:
+        if self._metrics is None:
+            hp = self.hparams
+            feature = BackboneFeatures(hp.feature_network, hp.feature_input_size, weights=hp.feature_weights)
+            self._metrics = GenerationMetrics(feature, hp.kid_subset_size, inception_weights=hp.inception_weights)
+        return self._metrics.to(self.device)
+
+    def on_validation_epoch_start(self) -> None:
+        # Real statistics are extracted once per run: the real set does not change between epochs.
+        self.metrics().reset(real=not self._real_cached)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        real = batch["image"]
+        if not self._real_cached:
+            self.metrics().update(to_unit(real), real=True)
+        labels = batch["label"] if self.num_classes else None
+        # The same noise every epoch, so FID over time follows the generator, not the draw.
+        fake = self(self.noise(real.shape[0], self.hparams.seed + 1000 + batch_idx), labels)
+        self.metrics().update(to_unit(fake), real=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_metrics = self.metrics().compute()
+        # The sanity check sees only a few batches: its real statistics must not be kept.
+        self._real_cached = not self.trainer.sanity_checking
+        self.log("val_fid", self.last_metrics["fid"], prog_bar=True)
+        self.log("val_kid", self.last_metrics["kid"], prog_bar=True)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            save_grid(
+                self.sample_grid(),
+                Path(self.trainer.default_root_dir) / "samples" / f"epoch_{self.current_epoch:03d}.png",
+            )
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return (images.float().clamp(-1, 1) + 1) / 2
+
+
+def save_grid(images: torch.Tensor, path: Path) -> Path:
+    """(N, 3, H, W) in [0, 1] -> one PNG, as square as possible."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.cpu(), path, nrow=max(1, math.isqrt(len(images))), padding=2, pad_value=1.0)
+    return path
+
+
+@torch.no_grad()
+def sample_images(
+    module: GenerationTask, num: int, seed: int = 0, batch_size: int = 64, class_name: str | None = None
+) -> torch.Tensor:
+    """`num` samples of the EMA generator, (num, 3, S, S) in [0, 1] on the CPU; a function of the weights and seed.
+
+    Args:
+        class_name: conditional models only; by default the samples cycle through the classes.
+    """
+    if num < 1:
+        raise ValueError(f"--num must be >= 1, got {num}")
+    names = list(module.hparams.class_names or [])
+    if class_name is not None and class_name not in names:
+        raise ValueError(f"--class {class_name!r} is not a class of this model ({', '.join(names) or 'unconditional'})")
+    module.eval()
+    z_all = torch.randn(num, module.hparams.latent_dim, generator=torch.Generator().manual_seed(seed))
+    out = []
+    for start in range(0, num, batch_size):
+        z = z_all[start : start + batch_size].to(module.device)
+        ids = torch.arange(start, start + len(z)) % max(1, len(names))
+        if class_name is not None:
+            ids[:] = names.index(class_name)
+        out.append(to_unit(module(z, ids.to(module.device))).cpu())
+    return torch.cat(out)
+
+
+def generate_images(
+    module: GenerationTask,
+    num: int,
+    output: str | Path,
+    seed: int = 0,
+    batch_size: int = 64,
+    class_name: str | None = None,
+) -> list[Path]:
+    """Write `num` PNGs (``00000.png``, ...) at the trained size; returns their paths. See `sample_images`."""
+    from PIL import Image
+
+    images = sample_images(module, num, seed, batch_size, class_name)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    paths = [output / f"{i:05d}.png" for i in range(num)]
+    for path, arr in zip(paths, pixels):
+        Image.fromarray(arr).save(path)
+    return paths
+
+
+# ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
+def build_datamodule(cfg, module: GenerationTask | None = None) -> GenerationDataModule:
+    names = list(module.hparams.class_names) if module is not None and module.hparams.class_names else None
+    return GenerationDataModule(cfg.data, seed=cfg.run.seed, class_names=names)
+
+
+def build_module(cfg, dm: GenerationDataModule) -> GenerationTask:
+    if cfg.run.ema_decay is not None:
+        raise ValueError(
+            "run.ema_decay does not apply to the GAN (it would average the discriminator too); use model.ema_decay"
+        )
+    return GenerationTask(
+        optim=asdict(cfg.optim),
+        finetune=asdict(cfg.finetune),
+        image_size=cfg.data.image_size,
+        class_names=dm.class_names if dm.num_classes else None,
+        seed=cfg.run.seed,
+        **asdict(cfg.model),
+    )
+
+
+def predict(module: GenerationTask, paths: list[Path], output: Path, cfg=None, seed: int = 0) -> Path:
+    """A GAN takes no input images: writes one generated sample per input path, plus ``samples.png``.
+    `tools/generate.py --num N` is the direct way."""
+    generate_images(module, len(paths), output, seed=seed)
+    return save_grid(sample_images(module, min(64, len(paths)), seed), output / "samples.png")
+
+
+def gan_curves_plot(metrics_csv: Path, out: Path) -> Path:
+    """G and D losses, FID (and KID) and the discriminator's mean logits on reals and fakes, per epoch."""
+    from cvsuite.plots import plt, read_metrics_csv  # cvsuite.plots selects the display-free backend first
+
+    cols = read_metrics_csv(metrics_csv)
+    epochs = cols.get("epoch", [])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    panels = [
+        ("G / D loss", ["train_g_loss", "train_d_loss"]),
+        ("FID (left), KID (right)", ["val_fid"]),
+        ("D logits", ["train_d_real", "train_d_fake"]),
+    ]
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            if key in cols:
+                ax.plot(epochs, cols[key], "o-", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    if "val_kid" in cols:
+        twin = axes[1].twinx()
+        twin.plot(epochs, cols["val_kid"], "s--", color="tab:orange", markersize=3, label="val_kid")
+        twin.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def save_plots(module: GenerationTask, run_dir: Path) -> list[Path]:
+    """samples.png: the fixed-noise grid of the evaluated checkpoint; gan_curves.png: losses and FID per epoch."""
+    out = [save_grid(module.sample_grid(), run_dir / "samples.png")]
+    if (run_dir / "metrics.csv").exists():
+        out.append(gan_curves_plot(run_dir / "metrics.csv", run_dir / "gan_curves.png"))
+    return out
+
+
+SPEC = TaskSpec(
+    data_config=GenerationDataConfig,
+    model_config=GenerationModelConfig,
+    module_class=GenerationTask,
+    build_datamodule=build_datamodule,
+    build_module=build_module,
+    predict=predict,
+    save_plots=save_plots,
+    monitor="val_fid",
+    mode="min",
+)

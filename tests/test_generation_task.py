@@ -1,0 +1,281 @@
+"""The GAN task: which parameters each optimiser step changes, mixed precision, and the whole user path:
+train -> run folder -> resume -> tools/eval.py -> tools/generate.py."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cvsuite.config import FinetuneConfig, OptimConfig, from_dict, load_config
+from cvsuite.models.backbone import create_backbone
+from cvsuite.run import train
+from cvsuite.tasks.generation import GenerationTask
+
+TINY = "test_efficientnet"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def blob_images(folder: Path, n: int = 8, size: int = 24) -> Path:
+    """Bright discs on dark noise, each at its own place: a tiny image set with some structure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx = rng.integers(6, size - 6, 2)
+        img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 25] = (230, 200, 40)
+        Image.fromarray(img).save(folder / f"{i}.png")
+    return folder
+
+
+def _optim() -> dict:
+    return {
+        **asdict(OptimConfig()),
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "betas": [0.0, 0.99],
+        "weight_decay": 0.0,
+        "scheduler": "none",
+    }
+
+
+def tiny_task(**kw) -> GenerationTask:
+    args = dict(
+        optim=_optim(),
+        finetune=asdict(FinetuneConfig()),
+        image_size=32,
+        backbone=TINY,
+        pretrained=False,
+        latent_dim=8,
+        g_channels=2,
+        d_channels=4,
+        grid_size=4,
+    )
+    return GenerationTask(**{**args, **kw})
+
+
+class Snapshots(L.Callback):
+    """Parameters and backbone buffers before each optimiser step and after the batch."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def _snap(self, module) -> None:
+        self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self._snap(module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._snap(module)
+
+
+def _changed(a: dict, b: dict, prefix: str) -> set[str]:
+    return {k for k in a if k.startswith(prefix) and not torch.equal(a[k], b[k])}
+
+
+class _OneBatch(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        return {"image": torch.rand(3, 32, 32, generator=g) * 2 - 1, "label": i % 2}
+
+
+@pytest.mark.parametrize(("precision", "classes"), [("32-true", None), ("bf16-mixed", None), ("32-true", ["a", "b"])])
+def test_d_step_then_g_step_change_only_their_own_parameters(precision, classes):
+    torch.manual_seed(0)
+    module = tiny_task(class_names=classes)
+    snaps = Snapshots()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[snaps],
+        precision=precision,
+        accelerator="cpu",
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(_OneBatch(), batch_size=4))
+    before_d, before_g, after = snaps.states
+    trainable_d = {n for n, p in module.discriminator.named_parameters() if "backbone" not in n and p.requires_grad}
+
+    d_params = {f"discriminator.{n}" for n in trainable_d}
+    # D step: discriminator weights move (every head's; hinge gradients of the output biases can cancel exactly),
+    # the generator's do not.
+    weights = {k for k in d_params if not k.endswith("bias")}
+    assert _changed(before_d, before_g, "discriminator.") & d_params >= weights
+    assert not _changed(before_d, before_g, "generator.")
+    # G step: generator weights move, the discriminator's do not (its BatchNorm statistics may).
+    g_params = {f"generator.{n}" for n, _ in module.generator.named_parameters()}
+    assert _changed(before_g, after, "generator.") & g_params
+    assert not _changed(before_g, after, "discriminator.") & d_params
+    # The pretrained trunk is frozen: no parameter or BatchNorm statistic moves in either step.
+    assert not _changed(before_d, after, "discriminator.backbone.")
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    assert module.backbone is module.discriminator.backbone
+    # The EMA generator moved towards the trained one, and counted the update.
+    assert _changed(before_d, after, "generator_ema.") and int(module.ema_updates) == 1
+    assert np.isfinite(float(trainer.callback_metrics["train_g_loss"]))
+
+
+def test_optimisers_hold_no_frozen_parameters():
+    module = tiny_task(d_lr=5e-4, d_betas=[0.5, 0.9], projection="fixed")
+    module.trainer = None  # configure_optimizers needs no trainer when there is no schedule
+    opt_g, opt_d = module.configure_optimizers()
+    g_ids = {id(p) for group in opt_g.param_groups for p in group["params"]}
+    d_ids = {id(p) for group in opt_d.param_groups for p in group["params"]}
+    assert g_ids == {id(p) for p in module.generator.parameters()}
+    assert d_ids == {id(p) for p in module.discriminator.heads.parameters()}
+    assert opt_d.param_groups[0]["lr"] == 5e-4 and opt_d.param_groups[0]["betas"] == (0.5, 0.9)
+    assert opt_g.param_groups[0]["lr"] == 1e-3 and opt_g.param_groups[0]["betas"] == (0.0, 0.99)
+    learned = tiny_task(projection="learned")
+    _, opt_d = learned.configure_optimizers()
+    d_ids = {id(p) for group in opt_d.param_groups for p in group["params"]}
+    trainable = [p for n, p in learned.discriminator.named_parameters() if not n.startswith("backbone.")]
+    assert d_ids == {id(p) for p in trainable} and len(trainable) > len(list(learned.discriminator.heads.parameters()))
+
+
+def test_bad_choices_fail_early():
+    with pytest.raises(KeyError, match="projected, dcgan"):
+        tiny_task(discriminator="stylegan")
+    with pytest.raises(ValueError, match="hinge, nonsaturating"):
+        tiny_task(loss="wgan")
+    with pytest.raises(ValueError, match="freeze_epochs"):
+        tiny_task(finetune={**asdict(FinetuneConfig()), "freeze_epochs": 2})
+
+
+def test_dcgan_baseline_has_no_backbone():
+    module = tiny_task(discriminator="dcgan", generator="dcgan")
+    assert list(module.backbone.parameters()) == []
+    assert module(torch.randn(2, 8)).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["fewshot", "dcgan"])
+def test_shipped_recipes_are_valid(name):
+    cfg = load_config(ROOT / "configs" / "generation" / f"{name}.yaml", ["--data.root", "x"])
+    assert cfg.task == "generation" and cfg.data.image_size == 64
+
+
+def _feature_weights(tmp_path: Path) -> str:
+    """A local weights file for the tiny FID feature network (the real one is pretrained lite0 at 224 px)."""
+    torch.manual_seed(0)
+    path = tmp_path / "features.pth"
+    torch.save(create_backbone(TINY, pretrained=False).state_dict(), path)
+    return str(path)
+
+
+def gan_recipe(root: Path, out: Path, weights: str, **sections) -> dict:
+    recipe = {
+        "task": "generation",
+        "data": {"root": str(root), "image_size": 32, "batch_size": 4, "images_per_epoch": 8},
+        "model": {
+            "backbone": TINY,
+            "pretrained": False,
+            "latent_dim": 8,
+            "g_channels": 2,
+            "d_channels": 4,
+            "feature_network": TINY,
+            "feature_weights": weights,
+            "feature_input_size": 32,
+            "kid_subset_size": 4,
+            "grid_size": 4,
+        },
+        "optim": {"optimizer": "adam", "lr": 2e-4, "betas": [0.0, 0.99], "weight_decay": 0.0, "scheduler": "none"},
+        "trainer": {
+            "max_epochs": 2,
+            "default_root_dir": str(out),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+        },
+    }
+    for section, values in sections.items():
+        recipe[section] = {**recipe.get(section, {}), **values}
+    return recipe
+
+
+def test_train_resume_eval_generate(tmp_path, capsys):
+    import tools.eval
+    import tools.generate
+
+    data = blob_images(tmp_path / "photos")
+    recipe = gan_recipe(data, tmp_path / "run", _feature_weights(tmp_path))
+    run_dir = train(from_dict(recipe))
+
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "samples.png", "gan_curves.png", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["epoch_000.png", "epoch_001.png"]
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_g_loss", "train_d_loss", "val_fid", "val_kid"} <= set(header)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["feature_network"] == TINY and metrics["num_real"] == 8
+    assert metrics["fid"] == metrics[f"fid_{TINY}"] > 0
+
+    # Resume through the runner: the run folder gets the next epoch (see test_resume_restores_counters_and_optimisers).
+    last = run_dir / "checkpoints" / "last.ckpt"
+    weights = recipe["model"]["feature_weights"]
+    assert (
+        train(from_dict(gan_recipe(data, tmp_path / "run", weights, trainer={"max_epochs": 3})), resume=last) == run_dir
+    )
+    assert (run_dir / "samples" / "epoch_002.png").is_file()
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 3
+
+    capsys.readouterr()
+    assert tools.eval.main(["--ckpt", str(last)]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"fid", "kid", "kid_std", f"fid_{TINY}", "feature_network"} <= set(evaluated)
+
+    out = tmp_path / "generated"
+    assert tools.generate.main(["--ckpt", str(last), "--num", "5", "--output", str(out), "--seed", "3"]) == 0
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 5 and all(Image.open(f).size == (32, 32) for f in files)
+    again = tmp_path / "again"
+    tools.generate.main(["--ckpt", str(last), "--num", "5", "--output", str(again), "--seed", "3"])
+    assert np.array_equal(np.asarray(Image.open(files[0])), np.asarray(Image.open(again / "00000.png")))
+
+
+def test_run_ema_is_refused_for_the_gan(tmp_path):
+    recipe = gan_recipe(blob_images(tmp_path / "photos", n=4), tmp_path / "run", "unused", run={"ema_decay": 0.99})
+    with pytest.raises(ValueError, match="model.ema_decay"):
+        train(from_dict(recipe))
+
+
+def test_resume_restores_counters_and_optimisers(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(module: GenerationTask, epochs: int, ckpt_path: str | None = None) -> L.Trainer:
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            limit_val_batches=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False)],
+            accelerator="cpu",
+        )
+        trainer.fit(module, torch.utils.data.DataLoader(_OneBatch(), batch_size=2), ckpt_path=ckpt_path)
+        return trainer
+
+    torch.manual_seed(0)
+    fit(tiny_task(), 2)
+    module = GenerationTask.load_from_checkpoint(tmp_path / "last.ckpt", pretrained=False)
+    assert int(module.ema_updates) == 4  # 2 epochs x 2 batches
+    trainer = fit(module, 3, str(tmp_path / "last.ckpt"))
+    opt_g, opt_d = trainer.optimizers
+    assert int(module.ema_updates) == 6
+    # Adam's step counters went on from the checkpoint instead of restarting at 0.
+    assert all(int(s["step"]) == 6 for s in opt_g.state.values())
+    assert all(int(s["step"]) == 6 for s in opt_d.state.values())
+    # The fixed sampling noise is part of the checkpoint, so a resumed run draws the same grid.
+    assert torch.equal(module.grid_noise, tiny_task().grid_noise)
