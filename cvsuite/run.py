@@ -1,4 +1,5 @@
-"""Train, evaluate and predict for every task: the run folder, callbacks, checkpoints and artifacts.
+"""Train, evaluate and predict for every task: the run folder and its artifacts (the Trainer and its callbacks
+are in `cvsuite.trainer`).
 
 Run folder (``trainer.default_root_dir``)::
 
@@ -12,7 +13,6 @@ Run folder (``trainer.default_root_dir``)::
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import logging
@@ -23,56 +23,15 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 
+from cvsuite.checkpoint import CONFIG_KEY, read_checkpoint
 from cvsuite.config import Config, load_config
 from cvsuite.data.common import DatasetError, list_images
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
+from cvsuite.trainer import build_trainer
 
 log = logging.getLogger("cvsuite")
-CONFIG_KEY = "cvsuite_config"
-
-
-class EpochMetricsFile(Callback):
-    """Appends one row per epoch to metrics.csv: the epoch's train and validation scalars side by side."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Validation has run inside this epoch by now, so val_* are this epoch's values.
-        row: dict[str, Any] = {"epoch": trainer.current_epoch}
-        for key, value in trainer.callback_metrics.items():
-            if key.endswith("_step") or (isinstance(value, torch.Tensor) and value.numel() != 1):
-                continue
-            row[key.removesuffix("_epoch")] = round(float(value), 6)
-        if trainer.optimizers:
-            row["lr"] = trainer.optimizers[0].param_groups[-1]["lr"]
-        self._append(row)
-
-    def _append(self, row: dict[str, Any]) -> None:
-        rows = []
-        if self.path.exists():
-            with self.path.open() as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < row["epoch"]]
-        rows.append(row)
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with self.path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-class SaveConfig(Callback):
-    """Stores the resolved recipe in every checkpoint, so eval/predict/export need only the checkpoint."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg.to_dict()
-
-    def on_save_checkpoint(self, trainer, module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CONFIG_KEY] = self.cfg
 
 
 def new_run_dir(root: str | Path) -> Path:
@@ -86,28 +45,6 @@ def new_run_dir(root: str | Path) -> Path:
         log.warning("%s holds an earlier run; writing this one to %s", root, candidate)
     candidate.mkdir(parents=True, exist_ok=True)
     return candidate
-
-
-def build_trainer(cfg: Config, spec: TaskSpec, run_dir: Path, **overrides: Any) -> tuple[L.Trainer, ModelCheckpoint]:
-    monitor = cfg.run.monitor or spec.monitor
-    mode = cfg.run.mode or spec.mode
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    callbacks: list[Callback] = [ckpt, EpochMetricsFile(run_dir / "metrics.csv"), SaveConfig(cfg)]
-    if cfg.run.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.run.early_stopping_patience))
-    if cfg.run.ema_decay is not None:
-        callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
-    kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    return L.Trainer(callbacks=callbacks, logger=logger, **kwargs), ckpt
 
 
 def train(cfg: Config, resume: str | Path | None = None) -> Path:
@@ -159,12 +96,7 @@ def run_dir_of(ckpt: str | Path) -> Path:
 
 def load_checkpoint(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None):
     """(module, cfg, spec) from a checkpoint alone; `config`/`overrides` change e.g. data.root or the device."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt {ckpt}: checkpoint not found")
-    stored = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if CONFIG_KEY not in stored:
-        raise ValueError(f"{ckpt}: not a cvsuite checkpoint (no '{CONFIG_KEY}' entry); train it with tools/train.py")
+    stored = read_checkpoint(ckpt)
     cfg = load_config(config, overrides, base=stored[CONFIG_KEY])
     spec = get_spec(cfg.task)
     if stored[CONFIG_KEY]["task"] != cfg.task:
