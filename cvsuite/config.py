@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -29,15 +29,15 @@ class ConfigError(ValueError):
 class OptimConfig:
     """Optimiser and learning-rate schedule, shared by every task."""
 
-    optimizer: str = "adamw"  # sgd | rmsprop | adam | adamw
+    optimizer: Literal["sgd", "rmsprop", "adam", "adamw"] = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9  # sgd, rmsprop
     nesterov: bool = False  # sgd
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    betas: tuple[float, float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw (kept as a list)
     weight_decay: float = 0.01  # L2 (decoupled for adamw)
     no_decay_norm_bias: bool = True  # no weight decay on norm layers and biases
     l1_head: float = 0.0  # L1 penalty on the new head's weights
-    scheduler: str = "cosine"  # none | step | cosine
+    scheduler: Literal["none", "step", "cosine"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up in front of the schedule
     step_size: int = 10  # step: epochs between decays
     gamma: float = 0.1  # step: decay factor
@@ -61,7 +61,7 @@ class RunConfig:
 
     seed: int = 42
     monitor: str | None = None  # metric for best checkpoint / early stopping; None = the task's default
-    mode: str | None = None  # min | max; None = the task's default
+    mode: Literal["min", "max"] | None = None  # None = the task's default
     early_stopping_patience: int | None = None  # epochs without improvement; None = off
     ema_decay: float | None = None  # EMA of weights (e.g. 0.999); None = off
     plots: bool = True
@@ -107,24 +107,78 @@ def _unknown(where: str, key: str, options: typing.Iterable[str]) -> ConfigError
     )
 
 
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_literal(value: Any, hint: Any, key: str) -> Any:
+    choices = typing.get_args(hint)
+    if value in choices and type(value) in {type(c) for c in choices}:
+        return value
+    if isinstance(value, str):
+        # Choice names are lower-case; "AdamW" means "adamw".
+        lowered = {str(c).lower(): c for c in choices}
+        if value.lower() in lowered:
+            return lowered[value.lower()]
+    names = [str(c) for c in choices]
+    hint_text = _did_you_mean(str(value), names) if isinstance(value, str) else ""
+    raise ConfigError(f"'{key}' must be one of {', '.join(names)}, got {value!r}.{hint_text}")
+
+
+def _check_sequence(value: Any, hint: Any, key: str) -> list[Any]:
+    """Lists are checked element by element; ``tuple[float, float]`` also fixes the length. Kept as a list (the
+    recipe is YAML and Lightning stores hyperparameters as plain types)."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"'{key}' must be a list, got {value!r} ({type(value).__name__})")
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            kinds = ", ".join(_type_name(a) for a in args)
+            raise ConfigError(f"'{key}' must be a list of {len(args)} values ({kinds}), got {value!r}")
+        return [_check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+    item = args[0] if args else Any
+    return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
 def _check_type(value: Any, hint: Any, key: str) -> Any:
-    """Return value converted to `hint` where that is lossless (int -> float, list -> tuple), else raise."""
+    """Return value converted to `hint` where that is lossless (int -> float, "1e-4" -> float), else raise a
+    ConfigError naming the key and what it accepts."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
+        arms = typing.get_args(hint)
+        if value is None:
+            if type(None) in arms:
+                return None
+            raise ConfigError(f"'{key}' may not be null; it must be {_type_name(hint)}")
         errors = []
-        for arm in typing.get_args(hint):
+        for arm in arms:
             if arm is type(None):
-                if value is None:
-                    return None
                 continue
             try:
                 return _check_type(value, arm, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"'{key}' may not be null")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"'{key}' must be {_type_name(hint)}, got {value!r}")
     if hint is Any:
         return value
+    if origin is Literal:
+        return _check_literal(value, hint, key)
     base = origin or hint
+    if base in (list, tuple):
+        return _check_sequence(value, hint, key)
+    if base is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r} ({type(value).__name__})")
+        return value
     if base is float and isinstance(value, str):
         # YAML 1.1 reads "1e-4" (no dot) as a string; accept what Python reads as a number.
         try:
@@ -133,8 +187,6 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             pass
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if base in (list, tuple) and isinstance(value, (list, tuple)):
-        return list(value)
     if base is bool and not isinstance(value, bool):
         raise ConfigError(f"'{key}' must be true or false, got {value!r}")
     if base is int and isinstance(value, bool):
@@ -159,9 +211,33 @@ def build_section(cls: type, values: dict[str, Any] | None, section: str) -> Any
     return cls(**kwargs)
 
 
+# Trainer arguments whose annotation allows numbers Lightning would reject later (or silently misread).
+TRAINER_MINIMUM = {
+    "max_epochs": -1,
+    "min_epochs": 0,
+    "max_steps": -1,
+    "min_steps": 0,
+    "num_nodes": 1,
+    "check_val_every_n_epoch": 1,
+    "num_sanity_val_steps": -1,
+    "log_every_n_steps": 0,
+    "accumulate_grad_batches": 1,
+    "reload_dataloaders_every_n_epochs": 0,
+    "limit_train_batches": 0,
+    "limit_val_batches": 0,
+    "limit_test_batches": 0,
+    "limit_predict_batches": 0,
+    "overfit_batches": 0,
+    "gradient_clip_val": 0,
+}
+
+
 def _trainer_section(values: dict[str, Any] | None) -> dict[str, Any]:
+    """Lightning's Trainer arguments, checked against the annotations of ``Trainer.__init__`` (and a few lower
+    bounds), so ``--trainer.max_epochs two`` fails here, naming the key, and not inside Lightning."""
     from lightning.pytorch import Trainer
 
+    hints = typing.get_type_hints(Trainer.__init__)
     allowed = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
     out = dict(TRAINER_DEFAULTS)
     for key, value in (values or {}).items():
@@ -169,8 +245,22 @@ def _trainer_section(values: dict[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(f"'trainer.{key}' is set by cvsuite (see the run section and README); remove it")
         if key not in allowed:
             raise _unknown("trainer.", key, allowed)
+        if key in hints:
+            value = _check_trainer_value(value, hints[key], f"trainer.{key}")
+        low = TRAINER_MINIMUM.get(key)
+        if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+            raise ConfigError(f"'trainer.{key}' must be >= {low}, got {value!r}")
         out[key] = value
     return out
+
+
+def _check_trainer_value(value: Any, hint: Any, key: str) -> Any:
+    """Like `_check_type`, but an int stays an int where the annotation also allows it (Lightning reads
+    ``limit_val_batches: 1`` as one batch and ``1.0`` as all of them)."""
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, int) and not isinstance(value, bool) and int in arms:
+        return value
+    return _check_type(value, hint, key)
 
 
 def parse_overrides(args: list[str]) -> dict[str, dict[str, Any]]:

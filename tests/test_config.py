@@ -80,3 +80,46 @@ def test_shipped_recipes_are_valid(recipe):
         pytest.fail(f"{recipe} names task {raw['task']} that is not registered")
     cfg = from_dict(raw, str(recipe))
     assert cfg.task == raw["task"]
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("optim", {"optimizer": "adamx"}, "'optim.optimizer' must be one of sgd, rmsprop, adam, adamw, got 'adamx'"),
+        ("optim", {"scheduler": "cosin"}, "Did you mean 'cosine'?"),
+        ("model", {"loss": "focall"}, "'model.loss' must be one of ce, bce, focal"),
+        ("run", {"mode": "maximum"}, "'run.mode' must be one of min, max"),
+        ("optim", {"betas": [0.9]}, "'optim.betas' must be a list of 2 values"),
+        ("optim", {"betas": ["a", "b"]}, "'optim.betas[0]' must be float"),
+        ("optim", {"betas": 0.9}, "'optim.betas' must be a list"),
+        ("model", {"class_weights": "balancd"}, "'model.class_weights' must be list or one of 'balanced'"),
+        ("trainer", {"max_epochs": "two"}, "'trainer.max_epochs' must be int"),
+        ("trainer", {"max_epochs": -5}, "'trainer.max_epochs' must be >= -1"),
+        ("trainer", {"precision": "17-mixed"}, "'trainer.precision' must be"),
+        ("trainer", {"enable_progress_bar": "no"}, "'trainer.enable_progress_bar' must be true or false"),
+    ],
+)
+def test_choices_lists_and_trainer_arguments_are_checked(section, values, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict({**base(), section: values})
+    assert message in str(err.value)
+
+
+def test_lists_are_coerced_and_choices_normalised():
+    cfg = from_dict({**base(), "optim": {"betas": [0, 1], "optimizer": "AdamW"}, "model": {"class_weights": [1, 2]}})
+    assert cfg.optim.betas == [0.0, 1.0] and all(type(b) is float for b in cfg.optim.betas)
+    assert cfg.optim.optimizer == "adamw" and cfg.model.class_weights == [1.0, 2.0]
+    cfg = from_dict({**base(), "trainer": {"limit_val_batches": 1, "devices": "auto", "precision": 16}})
+    # An int stays an int where Lightning tells 1 (one batch) from 1.0 (all of them).
+    assert cfg.trainer["limit_val_batches"] == 1 and type(cfg.trainer["limit_val_batches"]) is int
+
+
+@pytest.mark.parametrize("override", [["--optim.optimizer", "adamx"], ["--optim.betas", "[0.9]"]])
+def test_bad_choice_fails_before_a_run_folder_exists(tmp_path, override):
+    from tests.conftest import tiny_recipe
+    from tools.train import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path / "data", tmp_path / "runs" / "exp")))
+    assert main(["--config", str(recipe), *override]) == 2
+    assert not (tmp_path / "runs").exists()

@@ -8,7 +8,7 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
@@ -38,7 +38,7 @@ class ClassificationDataConfig:
     image_size: int = 224
     batch_size: int = 32
     num_workers: int = -1  # -1 = cores - 1
-    augment: str = "light"  # none | light | strong
+    augment: Literal["none", "light", "strong"] = "light"
     train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict format)
     val_transforms: dict[str, Any] | None = None
     multilabel: bool | None = None  # None = multi-label when any image has several labels

@@ -20,7 +20,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
@@ -53,13 +53,13 @@ MAX_BOX_WARNINGS = 10
 @dataclass
 class DetectionDataConfig:
     root: str | None = None  # ROOT with train/ (and val/), or a single split folder (seeded val split)
-    format: str | None = None  # coco | voc | yolo; null = detected from the files in each split
+    format: Literal["coco", "voc", "yolo"] | None = None  # null = detected from the files in each split
     names_file: str | None = None  # YOLO class names (one per line, or a data.yaml); null = looked for
     val_fraction: float = 0.2  # seeded validation split when there is no val/
     image_size: int = 512  # longest side fed to the model (a multiple of 32)
     batch_size: int = 8
     num_workers: int = -1  # -1 = cores - 1
-    augment: str = "light"  # none | light (flip, scale jitter/crop, colour) | strong (wider jitter, more colour)
+    augment: Literal["none", "light", "strong"] = "light"  # light (flip, scale jitter/crop, colour) | strong (wider jitter, more colour)
     train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict format)
     val_transforms: dict[str, Any] | None = None  # must only resize (no crop/pad): boxes are mapped back by scale
     min_visibility: float = 0.3  # a box cut by a crop is kept when this fraction of its area is still in view

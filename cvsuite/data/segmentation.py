@@ -24,7 +24,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
@@ -70,7 +70,7 @@ class SegmentationDataConfig:
     crops_per_image: int = 1  # random crops of each training image per epoch (small datasets of large images)
     batch_size: int = 8
     num_workers: int = -1  # -1 = cores - 1
-    augment: str = "light"  # none (crop) | light (scale, crop, flip) | strong (light + rotation, colour, blur)
+    augment: Literal["none", "light", "strong"] = "light"  # none (crop) | light (scale, crop, flip) | strong (light + rotation, colour, blur)
     train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict); must crop/pad
     val_transforms: dict[str, Any] | None = None  # custom image-only pipeline; predictions are resized to masks
 

