@@ -59,7 +59,7 @@ class DetectionDataConfig:
     image_size: int = 512  # longest side fed to the model (a multiple of 32)
     batch_size: int = 8
     num_workers: int = -1  # -1 = cores - 1
-    augment: Literal["none", "light", "strong"] = "light"  # light (flip, scale jitter/crop, colour) | strong (wider jitter, more colour)
+    augment: Literal["none", "light", "strong"] = "light"  # see cvsuite/augment.py
     train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict format)
     val_transforms: dict[str, Any] | None = None  # must only resize (no crop/pad): boxes are mapped back by scale
     min_visibility: float = 0.3  # a box cut by a crop is kept when this fraction of its area is still in view

@@ -70,7 +70,7 @@ class SegmentationDataConfig:
     crops_per_image: int = 1  # random crops of each training image per epoch (small datasets of large images)
     batch_size: int = 8
     num_workers: int = -1  # -1 = cores - 1
-    augment: Literal["none", "light", "strong"] = "light"  # none (crop) | light (scale, crop, flip) | strong (light + rotation, colour, blur)
+    augment: Literal["none", "light", "strong"] = "light"  # see cvsuite/augment.py
     train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict); must crop/pad
     val_transforms: dict[str, Any] | None = None  # custom image-only pipeline; predictions are resized to masks
 

@@ -40,12 +40,12 @@ DISCRIMINATORS = ("projected", "dcgan")
 @dataclass
 class GenerationModelConfig:
     generator: Literal["fastgan", "dcgan"] = "fastgan"  # the decoder from noise to image, always trained from scratch
-    discriminator: Literal["projected", "dcgan"] = "projected"  # projected: heads on the frozen pretrained backbone | dcgan: from scratch
+    discriminator: Literal["projected", "dcgan"] = "projected"  # heads on the frozen backbone | from scratch
     backbone: str = DEFAULT_BACKBONE  # the projected discriminator's frozen feature network (any timm name)
     pretrained: bool = True
     weights: str | None = None  # local weights file or folder for the backbone
     d_input_size: int | None = None  # images are resized to this side before the backbone; null = data.image_size
-    projection: Literal["fixed", "learned"] = "fixed"  # fixed (random init, as in the paper: a weaker early D) | learned: the 1x1 projections
+    projection: Literal["fixed", "learned"] = "fixed"  # 1x1 projections: random (paper: weaker early D) | learned
     latent_dim: int = 128
     g_channels: int = 8  # generator width at the output resolution, doubled per halving (dcgan: its ngf, e.g. 32)
     d_channels: int = 32  # discriminator width (first projection, or first DCGAN layer)
