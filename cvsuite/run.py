@@ -25,13 +25,32 @@ import torch
 import yaml
 
 from cvsuite.checkpoint import CONFIG_KEY, read_checkpoint
-from cvsuite.config import Config, load_config
+from cvsuite.config import Config, ConfigError, from_dict, merge, parse_overrides, read_yaml
 from cvsuite.data.common import DatasetError, list_images
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
 from cvsuite.trainer import build_trainer
 
 log = logging.getLogger("cvsuite")
+
+# What eval/predict/export may change in a checkpoint's recipe: where the data is, how it is loaded and on what
+# device; tasks add their own (TaskSpec.eval_keys, e.g. detection thresholds). Everything else describes the
+# trained model or its training and is refused rather than silently ignored.
+EVAL_KEYS = (
+    "data.root",
+    "data.val_root",
+    "data.train_csv",
+    "data.val_csv",
+    "data.rederive_split",
+    "data.batch_size",
+    "data.num_workers",
+    "data.check_images",
+    "trainer.accelerator",
+    "trainer.precision",
+    "run.plots",
+)
+# Checkpoint hparams that older checkpoints (before the datamodule stored its state) carried as data facts.
+LEGACY_DATA_FACTS = ("class_names", "eval_pipeline", "multilabel", "ignore_index", "value_map")
 
 
 def new_run_dir(root: str | Path) -> Path:
@@ -62,7 +81,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
             raise FileNotFoundError(f"--resume {resume}: checkpoint not found")
         run_dir = run_dir_of(resume)
         module = spec.module_class.load_from_checkpoint(resume, map_location="cpu", pretrained=False)
-        dm = spec.build_datamodule(cfg, module)
+        # The stored contract: same classes, preprocessing and validation files as before the interruption.
+        dm = spec.build_datamodule(cfg, data_state(read_checkpoint(resume), module))
     else:
         dm = spec.build_datamodule(cfg, None)
     dm.setup("fit")  # before the run folder exists: a dataset error leaves nothing behind
@@ -82,6 +102,7 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
             run_dir,
             plots=cfg.run.plots,
         )
+        metrics.update(dm.describe())
         metrics["checkpoint"] = str(best)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if cfg.run.plots and (run_dir / "metrics.csv").exists():
@@ -94,15 +115,66 @@ def run_dir_of(ckpt: str | Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
-def load_checkpoint(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None):
-    """(module, cfg, spec) from a checkpoint alone; `config`/`overrides` change e.g. data.root or the device."""
+def data_state(stored: dict[str, Any], module=None) -> dict[str, Any] | None:
+    """The datamodule state (`cvsuite.data.base`) saved in a checkpoint; for a checkpoint from before it was
+    stored, the data facts its hparams carried (no validation file list: the split is derived again)."""
+    for value in stored.values():
+        if isinstance(value, dict) and "val_files" in value and "version" in value:
+            return value
+    hp = module.hparams if module is not None else stored.get("hyper_parameters", {})
+    legacy = {k: hp[k] for k in LEGACY_DATA_FACTS if k in hp and hp[k] is not None}
+    if legacy:
+        log.warning("checkpoint predates the stored data contract: the validation split is derived again")
+    return legacy or None
+
+
+def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    keys = []
+    for section, values in after.items():
+        if isinstance(values, dict):
+            old = before.get(section) or {}
+            keys += [f"{section}.{k}" for k, v in values.items() if old.get(k) != v]
+        elif before.get(section) != values:
+            keys.append(section)
+    return keys
+
+
+def checkpoint_config(stored: dict[str, Any], config: str | Path | None, overrides: list[str] | None, spec) -> Config:
+    """The checkpoint's recipe with `config` (a YAML file) and `overrides` merged onto it. Only the declared
+    eval settings may differ (`EVAL_KEYS` and the task's own); anything else would not change the trained model,
+    so it is refused rather than accepted and ignored."""
+    base = stored[CONFIG_KEY]
+    raw = merge(base, read_yaml(config)) if config else dict(base)
+    raw = merge(raw, parse_overrides(overrides or []))
+    cfg = from_dict(raw, str(config or "checkpoint config"))
+    reference = from_dict(base, "checkpoint config").to_dict()
+    allowed = set(EVAL_KEYS) | set(spec.eval_keys)
+    refused = [k for k in _changed_keys(reference, cfg.to_dict()) if k not in allowed]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)}: cannot change a trained model at eval/predict/export (the checkpoint fixes it; "
+            f"train again to change it). Settings that may change here: {', '.join(sorted(allowed))}"
+        )
+    return cfg
+
+
+def load_run(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None):
+    """(module, cfg, spec, data state) from a checkpoint alone; `config`/`overrides` may change the declared eval
+    settings (data location, batch size, device, detection thresholds)."""
     stored = read_checkpoint(ckpt)
-    cfg = load_config(config, overrides, base=stored[CONFIG_KEY])
-    spec = get_spec(cfg.task)
-    if stored[CONFIG_KEY]["task"] != cfg.task:
-        raise ValueError(f"{ckpt} is a {stored[CONFIG_KEY]['task']} checkpoint; the config says task {cfg.task}")
+    task = stored[CONFIG_KEY].get("task")
+    spec = get_spec(task)
+    cfg = checkpoint_config(stored, config, overrides, spec)
     # pretrained=False: the trained weights come from the checkpoint; nothing needs downloading.
     module = spec.module_class.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False)
+    if spec.apply_eval_settings is not None:
+        spec.apply_eval_settings(module, cfg)
+    return module, cfg, spec, data_state(stored, module)
+
+
+def load_checkpoint(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None):
+    """(module, cfg, spec) from a checkpoint alone; see `load_run`."""
+    module, cfg, spec, _ = load_run(ckpt, config, overrides)
     return module, cfg, spec
 
 
@@ -129,18 +201,21 @@ def evaluate(
     overrides: list[str] | None = None,
     output: str | None = None,
     predictions: str | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
-    """Metrics of `ckpt` on the validation split of the (possibly overridden) data; written to
-    ``<run>/eval_metrics.json`` (or `output`) and returned. With `predictions`, the task also writes its raw
-    predictions there (``module.write_predictions``; detection: a COCO results JSON)."""
-    module, cfg, spec = load_checkpoint(ckpt, config, overrides)
+    """Metrics of `ckpt` on exactly the validation files stored in it (or, deliberately, on ``ROOT/test`` with
+    ``split="test"``, ``data.val_root`` or another ``data.root``); written to ``<run>/eval_metrics.json`` (or
+    `output`) and returned, with ``split``, ``split_files``, ``data_root`` and ``num_samples`` saying what was
+    scored. With `predictions`, the task also writes its raw predictions there (detection: COCO results JSON)."""
+    module, cfg, spec, state = load_run(ckpt, config, overrides)
     write_predictions = getattr(module, "write_predictions", None)
     if predictions and write_predictions is None:
         raise ValueError(f"--predictions: the {cfg.task} task has no predictions file to write")
-    dm = spec.build_datamodule(cfg, module)
+    dm = spec.build_datamodule(cfg, state, split)
     dm.setup("validate")
     run_dir = run_dir_of(ckpt)
     metrics = _evaluate_module(module, spec, cfg, dm, run_dir, plots=False)
+    metrics.update(dm.describe())
     metrics["checkpoint"] = str(ckpt)
     if predictions:
         metrics["predictions"] = str(write_predictions(predictions))

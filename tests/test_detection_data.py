@@ -12,19 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from cvsuite.augment import detection_train as train_pipeline
 from cvsuite.data.common import DatasetError
-from cvsuite.data.detection import (
-    DetectionDataConfig,
-    DetectionDataModule,
-    DetectionDataset,
-    ImageRecord,
-    collate,
-    detect_format,
-    make_shapes,
-    read_split,
-    train_pipeline,
-    write_split,
-)
+from cvsuite.data.detection import DetectionDataConfig, DetectionDataModule, DetectionDataset, collate
+from cvsuite.data.formats import ImageRecord, detect_format, read_split, write_split
+from cvsuite.testing import make_shapes
 
 TINY = "test_efficientnet"
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -169,7 +161,7 @@ def test_checkpoint_class_names_win(tmp_path, shapes):
     records, names = shapes
     write_split(records, names, tmp_path / "d" / "train", "voc")
     cfg = DetectionDataConfig(root=str(tmp_path / "d"), image_size=64, num_workers=0)
-    dm = DetectionDataModule(cfg, TINY, class_names=["disc", "bar", "square"])
+    dm = DetectionDataModule(cfg, TINY, stored={"class_names": ["disc", "bar", "square"]})
     dm.setup()
     assert dm.class_names == ["disc", "bar", "square"]
     with pytest.raises(DatasetError, match=r"unknown class 'square'.*\['disc', 'bar'\]"):
@@ -328,3 +320,26 @@ def test_seeded_augmentation_repeats(tmp_path, shapes, workers):
     a, b, c = first_batch(1), first_batch(1), first_batch(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_coco_segmentation_area_reaches_the_metric(tmp_path, shapes):
+    """COCO's small/medium/large use the annotation's area (of its segmentation), not the box's."""
+    records, names = shapes
+    split = write_split(records[:2], names, tmp_path / "d", "coco")
+    data = json.loads((split / "annotations.json").read_text())
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        ann["segmentation"] = [[x, y, x + w, y, x, y + h]]  # a triangle: half the box
+        ann["area"] = w * h / 2
+    (split / "annotations.json").write_text(json.dumps(data))
+    ds = DetectionDataset(read_split(split).records, train_pipeline("none", 128, MEAN, STD))
+    sample = ds[0]
+    boxes = sample["gt"]["boxes"]
+    box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert torch.allclose(sample["gt"]["area"], box_area / 2)
+    from cvsuite.metrics.detection import DetectionEvaluator
+
+    ev = DetectionEvaluator(names)
+    ev.update([{"boxes": boxes, "scores": torch.ones(len(boxes)), "labels": sample["gt"]["labels"]}], [sample["gt"]])
+    areas = [a["area"] for a in ev.coco_ground_truth()["annotations"]]
+    assert areas == pytest.approx((box_area / 2).tolist())

@@ -14,7 +14,8 @@ import torch
 import yaml
 from PIL import Image
 
-from cvsuite.data.detection import make_shapes, write_split
+from cvsuite.data.formats import write_split
+from cvsuite.testing import make_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 STAT_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
@@ -182,3 +183,19 @@ def test_the_finetune_recipe_builds_the_real_offline_backbone_and_trains(tmp_pat
     loss = sum(losses.values())
     loss.backward()
     assert torch.isfinite(loss) and module.backbone.conv_stem.weight.grad is not None
+
+
+def test_eval_overrides_change_what_they_say_and_others_are_refused(trained, tmp_path, capsys):
+    _, run_dir, _ = trained
+    ckpt = str(run_dir / "checkpoints" / "best.ckpt")
+    counts = {}
+    for thresh in ("0.01", "0.3"):
+        out = tmp_path / f"dets_{thresh}.json"
+        assert tool("eval").main(["--ckpt", ckpt, "--predictions", str(out), "--model.score_thresh", thresh]) == 0
+        dets = json.loads(out.read_text())
+        assert all(d["score"] >= float(thresh) for d in dets)
+        counts[thresh] = len(dets)
+    assert counts["0.3"] < counts["0.01"]
+    capsys.readouterr()
+    assert tool("eval").main(["--ckpt", ckpt, "--model.architecture", "retinanet"]) == 2
+    assert "model.architecture: cannot change a trained model" in capsys.readouterr().err

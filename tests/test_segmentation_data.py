@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cvsuite.augment import segmentation_train as train_transforms
 from cvsuite.data.common import DatasetError
 from cvsuite.data.segmentation import (
     MaskDecoder,
@@ -18,7 +19,6 @@ from cvsuite.data.segmentation import (
     SegmentationDataConfig,
     SegmentationDataModule,
     pad_collate,
-    train_transforms,
 )
 from cvsuite.metrics.segmentation import SegmentationMetrics, confusion_matrix, summarize
 from tests.conftest import TINY_BACKBONE
@@ -264,8 +264,8 @@ def test_crops_of_small_images_are_padded_with_ignore():
 
 def test_pad_collate_keeps_true_sizes():
     batch = [
-        {"image": torch.ones(3, 20, 30), "mask": torch.ones(40, 60, dtype=torch.long), "path": "a"},
-        {"image": torch.ones(3, 32, 16), "mask": torch.zeros(32, 16, dtype=torch.long), "path": "b"},
+        {"image": torch.ones(3, 20, 30), "mask": torch.ones(40, 60, dtype=torch.long), "path": "a", "index": 0},
+        {"image": torch.ones(3, 32, 16), "mask": torch.zeros(32, 16, dtype=torch.long), "path": "b", "index": 1},
     ]
     out = pad_collate(batch, ignore_index=255)
     assert out["image"].shape == (2, 3, 32, 30) and out["mask"].shape == (2, 40, 60)
@@ -324,3 +324,30 @@ def test_metric_accumulates_one_matrix_over_batches():
 def test_metric_rejects_values_that_are_not_classes():
     with pytest.raises(ValueError, match=r"target values \[5\]"):
         confusion_matrix(torch.zeros(3), torch.tensor([0, 5, 255]), 3, 255)
+
+
+def test_a_stray_mask_value_stops_the_run_with_values_counts_and_files(tmp_path):
+    write_dataset(tmp_path, fmt="binary", num_classes=2)
+    stray = tmp_path / "train" / "masks" / "train0.png"
+    values = np.asarray(Image.open(stray)).copy()
+    values[0, 0] = 7
+    Image.fromarray(values).save(stray)
+    with pytest.raises(DatasetError) as err:
+        datamodule(tmp_path)
+    message = str(err.value)
+    assert "distinct values [0, 7, 255]" in message and f"value 7: in 1 file(s), e.g. {stray}" in message
+    assert "data.value_map" in message
+    # Saying what the value is makes the data usable: 7 -> ignore, 255 -> foreground.
+    dm = datamodule(tmp_path, value_map={255: 1, 7: 255})
+    assert dm.class_names == ["background", "foreground"]
+    sample = next(s for s in dm.train_set.samples + dm.val_set.samples if s.mask == stray)
+    assert int(dm.decoder(sample)[0, 0]) == 255
+
+
+def test_lossy_jpeg_like_masks_are_not_read_as_hundreds_of_classes(tmp_path):
+    write_dataset(tmp_path, fmt="index")
+    for mask in (tmp_path / "train" / "masks").glob("*.png"):
+        noisy = np.asarray(Image.open(mask)).astype(int) * 100 + np.random.default_rng(0).integers(0, 3, (48, 64))
+        Image.fromarray(noisy.astype(np.uint8)).save(mask)
+    with pytest.raises(DatasetError, match="not class ids 0..K-1"):
+        datamodule(tmp_path)

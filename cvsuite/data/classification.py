@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import albumentations as A
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from cvsuite import transforms as T
+from cvsuite import augment
+from cvsuite.data.base import ContractDataModule, file_fingerprint
 from cvsuite.data.common import (
     IMAGE_EXTENSIONS,
     DatasetError,
     drop_unreadable,
     list_images,
-    make_loader,
     read_image,
     seeded_split,
 )
@@ -46,6 +45,8 @@ class ClassificationDataConfig:
     cutmix_alpha: float = 0.0
     check_images: bool = True  # decode every image once before training; unreadable ones are skipped, named
     class_names: list[str] | None = None  # fix the class order (default: sorted folder names / labels)
+    val_root: str | None = None  # evaluate: a folder of <class>/ images scored instead of the validation split
+    rederive_split: bool = False  # evaluate/resume: derive the split anew instead of the checkpoint's val files
 
 
 @dataclass
@@ -130,7 +131,8 @@ def read_folders(root: Path, class_names: list[str] | None = None) -> Samples:
 
 
 class ImageClassificationDataset(Dataset):
-    """Dict samples: ``image`` (3, H, W) float tensor, ``label`` int (or (C,) multi-hot float), ``path`` str."""
+    """Dict samples: ``image`` (3, H, W) float tensor, ``label`` int (or (C,) multi-hot float), ``path`` str,
+    ``index`` int (position in this dataset, so metrics can drop duplicates)."""
 
     def __init__(self, samples: Samples, transform: A.Compose, multilabel: bool) -> None:
         self.samples = samples
@@ -150,48 +152,66 @@ class ImageClassificationDataset(Dataset):
             target[labels] = 1.0
         else:
             target = labels[0]
-        return {"image": image, "label": target, "path": str(path)}
+        return {"image": image, "label": target, "path": str(path), "index": i}
 
 
 def _subset(samples: Samples, idx: list[int]) -> Samples:
     return Samples([samples.paths[i] for i in idx], [samples.labels[i] for i in idx], samples.class_names)
 
 
-class ClassificationDataModule(L.LightningDataModule):
+def _concat(a: Samples, b: Samples | None) -> Samples:
+    if b is None:
+        return a
+    return Samples(a.paths + b.paths, a.labels + b.labels, a.class_names, a.skipped + b.skipped)
+
+
+class ClassificationDataModule(ContractDataModule):
+    """Folders or CSVs -> datasets. Contract: class names, label mode, eval pipeline, validation files."""
+
     def __init__(
         self,
         cfg: ClassificationDataConfig,
         backbone: str,
         seed: int = 42,
-        class_names: list[str] | None = None,
-        eval_pipeline: dict[str, Any] | None = None,
-        multilabel: bool | None = None,
+        stored: dict[str, Any] | None = None,
+        split: str = "val",
     ) -> None:
-        """Args beyond the config come from a checkpoint: its class order, preprocessing and label mode win."""
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
+        super().__init__(cfg, seed, stored, split)
         self.norm = data_config(backbone, cfg.image_size)
-        self.class_names = class_names or cfg.class_names
-        self._eval_pipeline = eval_pipeline
-        self.multilabel = multilabel if multilabel is not None else cfg.multilabel
+        self.class_names = self.fact("class_names") or cfg.class_names
+        self.multilabel = self.fact("multilabel", cfg.multilabel)
         self.train_set: ImageClassificationDataset | None = None
         self.val_set: ImageClassificationDataset | None = None
         self.skipped: list[tuple[Path, str]] = []
 
+    def contract(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names or []),
+            "multilabel": bool(self.multilabel),
+            "eval_pipeline": augment.to_dict(self.eval_pipeline()),
+        }
+
     # ---- pipelines ---------------------------------------------------------------------------------------
     def train_pipeline(self) -> A.Compose:
-        custom = T.from_config(self.cfg.train_transforms, "data.train_transforms")
-        return custom or T.train_transforms(self.cfg.augment, self.cfg.image_size, self.norm.mean, self.norm.std)
+        cfg = self.cfg
+        return augment.choose(
+            None,
+            cfg.train_transforms,
+            "data.train_transforms",
+            lambda: augment.classification_train(cfg.augment, cfg.image_size, self.norm.mean, self.norm.std),
+        )
 
     def eval_pipeline(self) -> A.Compose:
-        if self._eval_pipeline:
-            return A.from_dict(self._eval_pipeline)
-        custom = T.from_config(self.cfg.val_transforms, "data.val_transforms")
-        return custom or T.eval_transforms(self.cfg.image_size, self.norm.mean, self.norm.std, self.norm.crop_pct)
+        cfg = self.cfg
+        return augment.choose(
+            self.fact("eval_pipeline"),
+            cfg.val_transforms,
+            "data.val_transforms",
+            lambda: augment.classification_eval(cfg.image_size, self.norm.mean, self.norm.std, self.norm.crop_pct),
+        )
 
     # ---- data --------------------------------------------------------------------------------------------
-    def _read(self) -> tuple[Samples, Samples]:
+    def _read(self) -> tuple[Samples, Samples | None]:
         cfg = self.cfg
         root = Path(cfg.root).expanduser() if cfg.root else None
         if cfg.train_csv:
@@ -203,6 +223,9 @@ class ClassificationDataModule(L.LightningDataModule):
                 raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/<class>/ folders")
             if not root.is_dir():
                 raise DatasetError(f"data.root {root} does not exist")
+            if not (root / "train").is_dir() and (root / "val").is_dir() and self.class_names:
+                # Evaluating a checkpoint on a ROOT that holds only val/: its classes are known already.
+                return Samples([], [], list(self.class_names)), read_folders(root / "val", self.class_names)
             if not (root / "train").is_dir():
                 raise DatasetError(
                     f"{root}: no train/ folder. Expected {root}/train/<class>/*.jpg (and optionally {root}/val/), "
@@ -210,15 +233,35 @@ class ClassificationDataModule(L.LightningDataModule):
                 )
             train = read_folders(root / "train", self.class_names)
             val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
-        if val is None:
-            tr, va = seeded_split(len(train.paths), cfg.val_fraction, self.seed, [lab[0] for lab in train.labels])
-            train, val = _subset(train, tr), _subset(train, va)
         return train, val
+
+    def _split(self) -> tuple[Samples, Samples]:
+        folder = self.eval_folder()
+        if folder is not None:
+            if not self.class_names:
+                raise DatasetError("--split test / data.val_root evaluate a trained model: give a checkpoint")
+            val = read_folders(folder, self.class_names)
+            return Samples([], [], val.class_names), val
+        train, val = self._read()
+        pool = _concat(train, val)
+        if val is not None:
+            derived = range(len(train.paths), len(pool.paths))
+        else:
+            _, derived = seeded_split(
+                len(train.paths), self.cfg.val_fraction, self.seed, [lab[0] for lab in train.labels]
+            )
+        tr, va = self.choose_val(
+            list(zip(pool.paths, pool.labels)),
+            derived,
+            key=lambda item: item[0],
+            fingerprint=lambda item: f"{file_fingerprint(item[0])}:{sorted(item[1])}",
+        )
+        return _subset(pool, tr), _subset(pool, va)
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
             return
-        train, val = self._read()
+        train, val = self._split()
         if self.cfg.check_images:
             for samples in (train, val):
                 good, bad = drop_unreadable(samples.paths)
@@ -226,14 +269,18 @@ class ClassificationDataModule(L.LightningDataModule):
                 samples.labels = [lab for p, lab in zip(samples.paths, samples.labels) if p in keep]
                 samples.paths = good
                 self.skipped += bad
-        if not train.paths:
+            self.keep_val_files(val.paths)
+        if not train.paths and not self.eval_folder_requested() and stage != "validate":
             raise DatasetError(f"{self.cfg.root}: no readable training images left")
         self.class_names = train.class_names
+        if len(self.class_names) < 2 and not self.cfg.multilabel:
+            raise DatasetError(
+                f"{self.cfg.root}: found one class ({', '.join(self.class_names)}); classification needs at least "
+                "two class folders (or labels). Add the other classes' images."
+            )
         if self.multilabel is None:
             self.multilabel = any(len(lab) > 1 for lab in train.labels + val.labels)
-        pipeline = self.train_pipeline()
-        pipeline.set_random_seed(self.seed)  # workers reseed from it in make_loader; seed_everything cannot reach it
-        self.train_set = ImageClassificationDataset(train, pipeline, self.multilabel)
+        self.train_set = ImageClassificationDataset(train, self.train_pipeline(), self.multilabel)
         self.val_set = ImageClassificationDataset(val, self.eval_pipeline(), self.multilabel)
 
     def class_counts(self) -> np.ndarray:
@@ -241,12 +288,3 @@ class ClassificationDataModule(L.LightningDataModule):
         for labels in self.train_set.samples.labels:
             counts[labels] += 1
         return counts
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return make_loader(dataset, self.cfg.batch_size, shuffle, self.cfg.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 log = logging.getLogger("cvsuite")
 
@@ -28,13 +28,41 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in Path(folder).glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+# Pillow modes of one-channel images with more than 8 bits (16-bit PNG/TIFF: microscopy, medical, depth).
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
-    """HWC uint8 array; raises DatasetError naming the file when it cannot be decoded."""
+    """HWC uint8 array; raises DatasetError naming the file when it cannot be decoded.
+
+    16-bit images are scaled from their full range (0-65535 -> 0-255), not clipped (which would make them
+    white); floating-point images have no agreed range and are refused with a DatasetError. Masks are not read
+    here (`cvsuite.data.segmentation.read_mask_raw` keeps their raw values).
+    """
     try:
         with Image.open(path) as img:
+            if img.mode in HIGH_BIT_MODES or img.mode == "F":
+                img = _to_8bit(img, path)
             return np.asarray(img.convert(mode))
+    except DatasetError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DatasetError(f"{path}: cannot read image ({err}). Replace or delete the file.") from err
+
+
+def _to_8bit(img: Image.Image, path: str | Path) -> Image.Image:
+    if img.mode == "F":
+        raise DatasetError(
+            f"{path}: floating-point image (mode F); its value range is not defined, so it cannot be scaled to 8 "
+            "bits without guessing. Convert it to an 8- or 16-bit PNG/TIFF with the scaling you intend."
+        )
+    values = np.asarray(img)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DatasetError(
+            f"{path}: {img.mode} image with values {values.min()}..{values.max()}, outside 16 bits; convert it to an "
+            "8- or 16-bit image with the scaling you intend."
+        )
+    return Image.fromarray(np.round(values.astype(np.float32) / 257.0).astype(np.uint8), "L")
 
 
 def check_image(path: Path) -> str | None:
@@ -87,30 +115,64 @@ def default_workers(requested: int | None) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1)) or 0
 
 
-def seed_augmentation_worker(worker_id: int) -> None:
-    """albumentations 2 draws from its own generator, which seed_everything does not reach: each DataLoader worker
-    reseeds its copy of the pipeline from its torch seed (the run's seed + worker id), so workers augment
-    differently from each other and a seeded run augments the same way twice."""
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2**32)
+def global_rank() -> int:
+    """This process's rank when torch.distributed is initialised (DDP), else 0."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class SeedWorker:
+    """``worker_init_fn``: each DataLoader worker reseeds the dataset's pipelines from its torch seed (run seed +
+    worker id, drawn per epoch) plus the rank, so workers and DDP ranks augment differently from each other and a
+    seeded run augments the same way twice. Picklable for spawned workers."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def __call__(self, worker_id: int) -> None:
+        from cvsuite.augment import seed_pipelines
+
+        info = torch.utils.data.get_worker_info()
+        seed_pipelines(info.dataset, info.seed + RANK_STRIDE * self.rank)
+
+
+RANK_STRIDE = 1_000_003  # ranks' seeds far apart, so rank r's worker w never meets rank r+1's
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int | None, collate_fn: Callable | None = None
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    num_workers: int | None,
+    collate_fn: Callable | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """The DataLoader every task uses: default workers, persistent between epochs, pinned memory on GPUs, the
-    last incomplete batch dropped when training (BatchNorm dislikes a batch of one)."""
+    """The DataLoader of every task: default workers, persistent between epochs, pinned memory on GPUs, the last
+    incomplete batch dropped when training (BatchNorm dislikes a batch of one), pipelines seeded per worker and
+    rank. Validation under DDP gets a sampler that does not pad, so no image is scored twice (Lightning leaves a
+    loader alone when its sampler is already a DistributedSampler)."""
+    from cvsuite.augment import seed_pipelines
+
     workers = default_workers(num_workers)
+    rank = global_rank()
+    if workers == 0:
+        # No worker processes: seed the pipelines here, from the run's seed (set by seed_everything) and the rank.
+        seed_pipelines(dataset, torch.initial_seed() + RANK_STRIDE * rank)
+    dist = torch.distributed
+    if sampler is None and not train and dist.is_available() and dist.is_initialized():
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+    size = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
-        drop_last=shuffle and len(dataset) > batch_size,
+        drop_last=train and size > batch_size,
         collate_fn=collate_fn,
-        worker_init_fn=seed_augmentation_worker,
+        worker_init_fn=SeedWorker(rank),
     )

@@ -13,19 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
-import cv2
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cvsuite import transforms as T
+from cvsuite import augment
+from cvsuite.data.base import ContractDataModule, file_fingerprint
 from cvsuite.data.classification import read_folders
-from cvsuite.data.common import DatasetError, default_workers, drop_unreadable, list_images, read_image
+from cvsuite.data.common import DatasetError, drop_unreadable, list_images, read_image
 
 # Pixels in [-1, 1]: the generator's tanh range. The discriminator converts to its backbone's own normalisation.
 GAN_MEAN = GAN_STD = (0.5, 0.5, 0.5)
+MIN_REAL_IMAGES = 2  # FID's covariance and KID's subsets need at least two real images
 
 
 @dataclass
@@ -41,25 +40,18 @@ class GenerationDataConfig:
     max_real_images: int | None = None  # cap on the real images used as the FID/KID reference (seeded subset)
     cache: bool = True  # decode and resize every image once and keep it in memory (size^2 * 3 bytes each)
     check_images: bool = True  # decode every image once before training; unreadable ones are skipped, named
-
-
-def resize_pipeline(size: int) -> A.Compose:
-    """Shorter side to `size` (area interpolation when shrinking), then the centre square."""
-    return A.Compose(
-        [
-            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_CUBIC, area_for_downscale="image"),
-            A.CenterCrop(size, size),
-        ]
-    )
+    val_root: str | None = None  # evaluate: a folder of real images used as the FID/KID reference instead
+    rederive_split: bool = False  # evaluate: choose the reference images anew instead of the checkpoint's list
 
 
 class ImageFolderGAN(Dataset):
-    """Dict samples: ``image`` (3, S, S) float in [-1, 1], ``label`` int (0 when unconditional), ``path`` str."""
+    """Dict samples: ``image`` (3, S, S) float in [-1, 1], ``label`` int (0 when unconditional), ``path`` str,
+    ``index`` int (position in this dataset)."""
 
     def __init__(self, paths: list[Path], labels: list[int], size: int, hflip: bool, cache: bool) -> None:
         self.paths, self.labels = paths, labels
-        self.resize = resize_pipeline(size)
-        self.finish = A.Compose(([A.HorizontalFlip(p=0.5)] if hflip else []) + T.normalize(GAN_MEAN, GAN_STD))
+        self.resize = augment.generation_resize(size)
+        self.finish = augment.generation_train(hflip, GAN_MEAN, GAN_STD)  # seeded per worker by make_loader
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -75,7 +67,8 @@ class ImageFolderGAN(Dataset):
         return image
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.finish(image=self.load(i))["image"], "label": self.labels[i], "path": str(self.paths[i])}
+        image = self.finish(image=self.load(i))["image"]
+        return {"image": image, "label": self.labels[i], "path": str(self.paths[i]), "index": i}
 
 
 class RepeatSampler(Sampler[int]):
@@ -99,73 +92,73 @@ class RepeatSampler(Sampler[int]):
         return iter(order.tolist())
 
 
-class GenerationDataModule(L.LightningDataModule):
-    def __init__(self, cfg: GenerationDataConfig, seed: int = 42, class_names: list[str] | None = None) -> None:
-        """`class_names` come from a checkpoint and fix the label order of a conditional model."""
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
-        self.class_names = class_names or cfg.class_names
+class GenerationDataModule(ContractDataModule):
+    """Image folder -> training set and FID/KID reference set. Contract: class names (conditional), the
+    reference images."""
+
+    def __init__(
+        self, cfg: GenerationDataConfig, seed: int = 42, stored: dict[str, Any] | None = None, split: str = "val"
+    ) -> None:
+        super().__init__(cfg, seed, stored, split)
+        self.class_names = self.fact("class_names") or cfg.class_names
         self.train_set: ImageFolderGAN | None = None
         self.val_set: ImageFolderGAN | None = None
         self.skipped: list[tuple[Path, str]] = []
+
+    def contract(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_names or []) if self.cfg.conditional else []}
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names) if self.cfg.conditional and self.class_names else 0
 
-    def _read(self) -> tuple[list[Path], list[int]]:
+    def _read(self, folder: Path | None = None) -> tuple[list[Path], list[int]]:
         cfg = self.cfg
-        if not cfg.root:
-            raise DatasetError("data.root is not set: give --data.root FOLDER holding the training images")
-        root = Path(cfg.root).expanduser()
-        if not root.is_dir():
-            raise DatasetError(f"data.root: {root} is not a folder")
+        if folder is None:
+            if not cfg.root:
+                raise DatasetError("data.root is not set: give --data.root FOLDER holding the training images")
+            folder = Path(cfg.root).expanduser()
+        if not folder.is_dir():
+            raise DatasetError(f"data.root: {folder} is not a folder")
         if cfg.conditional:
-            samples = read_folders(root, self.class_names)
+            samples = read_folders(folder, self.class_names or None)
             self.class_names = samples.class_names
             return samples.paths, [lab[0] for lab in samples.labels]
-        paths = list_images(root)
+        paths = list_images(folder)
         if not paths:
-            raise DatasetError(f"{root}: no images found (searched sub-folders too for .jpg/.png/...)")
+            raise DatasetError(f"{folder}: no images found (searched sub-folders too for .jpg/.png/...)")
         return paths, [0] * len(paths)
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
             return
         cfg = self.cfg
-        paths, labels = self._read()
+        folder = self.eval_folder()
+        paths, labels = self._read(folder)
         if cfg.check_images:
             good, self.skipped = drop_unreadable(paths)
             keep = set(good)
             labels = [lab for p, lab in zip(paths, labels) if p in keep]
             paths = good
-        if not paths:
-            raise DatasetError(f"{cfg.root}: no readable images left")
+        if len(paths) < MIN_REAL_IMAGES:
+            raise DatasetError(
+                f"{folder or cfg.root}: {len(paths)} readable image(s); a GAN needs at least {MIN_REAL_IMAGES} (FID "
+                "and KID compare sets of images; a few dozen make a usable few-shot set). Add images."
+            )
         self.train_set = ImageFolderGAN(paths, labels, cfg.image_size, cfg.hflip, cfg.cache)
-        ref = range(len(paths))
+        derived = range(len(paths))
         if cfg.max_real_images and cfg.max_real_images < len(paths):
-            ref = sorted(np.random.default_rng(self.seed).choice(len(paths), cfg.max_real_images, replace=False))
+            derived = sorted(np.random.default_rng(self.seed).choice(len(paths), cfg.max_real_images, replace=False))
+        if folder is None:
+            # The reference set is a subset of the training images: only its choice is stored.
+            _, ref = self.choose_val(paths, derived, key=lambda p: p, fingerprint=file_fingerprint)
+        else:
+            ref = list(derived)
         self.val_set = ImageFolderGAN([paths[i] for i in ref], [labels[i] for i in ref], cfg.image_size, False, False)
         if cfg.cache and len(ref) == len(paths):
             self.val_set._cache = self.train_set._cache  # same images, same resize: decode them once
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
-        workers = default_workers(self.cfg.num_workers)
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=sampler is not None and len(sampler) > self.cfg.batch_size,
-        )
-
     def train_dataloader(self) -> DataLoader:
         n = len(self.train_set)
         sampler = RepeatSampler(n, self.cfg.images_per_epoch or n, self.seed)
-        return self._loader(self.train_set, sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, None)
+        return self.loader(self.train_set, train=True, sampler=sampler)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,19 +26,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import albumentations as A
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from cvsuite import transforms as T
+from cvsuite import augment
+from cvsuite.data.base import ContractDataModule, content_hash, file_fingerprint
 from cvsuite.data.common import (
     IMAGE_EXTENSIONS,
     DatasetError,
     default_workers,
     list_images,
-    make_loader,
     read_image,
     seeded_split,
 )
@@ -49,7 +47,6 @@ log = logging.getLogger("cvsuite")
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "JPEGImages")
 MASK_DIRS = ("masks", "mask", "labels", "label", "SegmentationClass", "annotations", "gt")
-AUGMENT_PRESETS = T.PRESETS
 
 
 @dataclass
@@ -73,6 +70,8 @@ class SegmentationDataConfig:
     augment: Literal["none", "light", "strong"] = "light"  # see cvsuite/augment.py
     train_transforms: dict[str, Any] | None = None  # custom albumentations pipeline (A.to_dict); must crop/pad
     val_transforms: dict[str, Any] | None = None  # custom image-only pipeline; predictions are resized to masks
+    val_root: str | None = None  # evaluate: a folder with images/ + masks/ scored instead of the validation split
+    rederive_split: bool = False  # evaluate/resume: derive the split anew instead of the checkpoint's val files
 
 
 @dataclass
@@ -220,6 +219,26 @@ def _bad_values_message(bad: dict[int, list[Path]], decoder: MaskDecoder) -> str
     )
 
 
+MAX_INFERRED_CLASSES = 64  # more distinct mask values than this without data.num_classes: not class ids
+
+
+def _unexpected_values_message(stats: MaskStats, ignore_index: int) -> str:
+    lines = []
+    for value, files in sorted(stats.values.items(), key=lambda kv: len(kv[1]))[:12]:
+        shown = ", ".join(str(f) for f in files[:2]) + (f" (+{len(files) - 2} more)" if len(files) > 2 else "")
+        lines.append(f"  value {value}: in {len(files)} file(s), e.g. {shown}")
+    more = len(stats.values) - 12
+    return (
+        f"The masks hold {len(stats.values)} distinct values {sorted(stats.values)[:20]}"
+        f"{'...' if len(stats.values) > 20 else ''}, which are not class ids 0..K-1 (ignore_index {ignore_index} "
+        "aside), so the classes cannot be read from them (rarest first):\n"
+        + "\n".join(lines)
+        + (f"\n  (+{more} more values)" if more > 0 else "")
+        + "\nSay what they are: data.num_classes (values >= it are errors), data.class_names, or data.value_map "
+        "(e.g. {255: 1, 7: 255} to read 255 as class 1 and ignore 7). JPEG masks are lossy: save masks as PNG."
+    )
+
+
 # ---- finding samples -------------------------------------------------------------------------------------------
 def _find_dir(folder: Path, explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> Path:
     if explicit:
@@ -312,8 +331,8 @@ def read_coco(json_path: Path, folder: Path, cfg: SegmentationDataConfig) -> Spl
     return Split(samples, ["background"] + [c["name"] for c in cats], category_ids)
 
 
-def find_splits(cfg: SegmentationDataConfig, seed: int) -> tuple[Split, Split]:
-    """(train, val) from the layouts in the module docstring."""
+def read_splits(cfg: SegmentationDataConfig) -> tuple[Split, Split | None]:
+    """(train, val or None when there is no val split on disk) from the layouts in the module docstring."""
     if not cfg.root:
         raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/images and ROOT/train/masks")
     root = Path(cfg.root).expanduser()
@@ -321,6 +340,8 @@ def find_splits(cfg: SegmentationDataConfig, seed: int) -> tuple[Split, Split]:
         raise DatasetError(f"data.root {root}: folder not found")
     train_dir = root / "train" if (root / "train").is_dir() else root
     val_dir = root / "val" if (root / "val").is_dir() else None
+    if val_dir is not None and not (root / "train").is_dir() and not cfg.train_annotations:
+        return Split([]), read_mask_folder(val_dir, cfg)  # only val/: evaluating a checkpoint
     if cfg.train_annotations:
         train = read_coco(root / cfg.train_annotations, train_dir, cfg)
         val = read_coco(root / cfg.val_annotations, val_dir or root, cfg) if cfg.val_annotations else None
@@ -329,18 +350,13 @@ def find_splits(cfg: SegmentationDataConfig, seed: int) -> tuple[Split, Split]:
     else:
         train = read_mask_folder(train_dir, cfg)
         val = read_mask_folder(val_dir, cfg) if val_dir is not None else None
-    if val is None:
-        tr, va = seeded_split(len(train.samples), cfg.val_fraction, seed)
-        val = Split([train.samples[i] for i in va], train.category_names, train.category_ids)
-        train = Split([train.samples[i] for i in tr], train.category_names, train.category_ids)
-        log.info(
-            "no val split in %s: %d of %d images held out (data.val_fraction, seed %d)",
-            root,
-            len(va),
-            len(tr) + len(va),
-            seed,
-        )
     return train, val
+
+
+def sample_fingerprint(sample: Sample) -> str:
+    """Image, mask file (or COCO annotations): a changed mask is a changed sample."""
+    truth = file_fingerprint(sample.mask) if sample.mask is not None else content_hash(sample.coco)
+    return f"{file_fingerprint(sample.image)}:{truth}"
 
 
 # ---- checking every mask once --------------------------------------------------------------------------------
@@ -387,40 +403,6 @@ def pixel_counts(samples: list[Sample], decoder: MaskDecoder) -> np.ndarray:
     return counts
 
 
-# ---- pipelines --------------------------------------------------------------------------------------------------
-def train_transforms(preset: str, crop_size: int, image_size: int | None, mean, std, ignore_index: int) -> A.Compose:
-    """Scale-preserving crops, so training sees objects at the size validation (full image) sees them.
-
-    none: pad + random crop; light: + scale jitter 0.75-1.25 and horizontal flip; strong: light + rotation,
-    colour jitter and blur. Masks follow the image with nearest-neighbour interpolation (albumentations' default
-    for masks); padding and rotation borders are filled with `ignore_index`, so they count for nothing.
-    """
-    if preset not in AUGMENT_PRESETS:
-        raise ValueError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(AUGMENT_PRESETS)}")
-    ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
-    if preset != "none":
-        ops.append(A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0))
-    ops += [
-        A.PadIfNeeded(crop_size, crop_size, border_mode=0, fill=0, fill_mask=ignore_index),
-        A.RandomCrop(crop_size, crop_size),
-    ]
-    if preset != "none":
-        ops.append(A.HorizontalFlip())
-    if preset == "strong":
-        ops += [
-            A.Affine(rotate=(-15, 15), border_mode=0, fill=0, fill_mask=ignore_index, p=0.3),
-            A.ColorJitter(0.3, 0.3, 0.3, 0.05, p=0.8),
-            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
-        ]
-    return A.Compose(ops + T.normalize(mean, std))
-
-
-def eval_transforms(image_size: int | None, mean, std) -> A.Compose:
-    """Image-only: optional resize of the longer side, then normalisation; the mask keeps its own size."""
-    ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
-    return A.Compose(ops + T.normalize(mean, std))
-
-
 # ---- datasets ---------------------------------------------------------------------------------------------------
 def _check_size(sample: Sample, image: np.ndarray, mask: np.ndarray) -> None:
     if image.shape[:2] != mask.shape[:2]:
@@ -431,7 +413,8 @@ def _check_size(sample: Sample, image: np.ndarray, mask: np.ndarray) -> None:
 
 
 class SegmentationDataset(Dataset):
-    """Dict samples: ``image`` (3, h, w) float, ``mask`` (H, W) int64 class ids or ignore_index, ``path`` str.
+    """Dict samples: ``image`` (3, h, w) float, ``mask`` (H, W) int64 class ids or ignore_index, ``path`` str,
+    ``index`` int (position in this dataset).
 
     Training (`train=True`): image and mask go through `transform` together (same crop, flip, rotation).
     Evaluation: only the image is transformed; the mask stays at its file's resolution, and predictions are
@@ -443,7 +426,6 @@ class SegmentationDataset(Dataset):
     ) -> None:
         self.samples = samples
         self.repeats = max(1, repeats)
-        self._seeded_in: tuple[int, int | None] | None = None
         self.decoder = decoder
         self.transform = transform
         self.train = train
@@ -453,18 +435,7 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
 
-    def _seed_augmentation(self) -> None:
-        """Albumentations 2 draws from its own generator, seeded from OS entropy unless told otherwise: seed it from
-        torch's seed (run.seed in the main process; seed + worker id, new each epoch, in a worker) so a run repeats."""
-        info = get_worker_info()
-        where = (os.getpid(), info.id if info else None)
-        if self._seeded_in != where:
-            self._seeded_in = where
-            self.transform.set_random_seed(torch.initial_seed() % 2**32)
-
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.train:
-            self._seed_augmentation()
         sample = self.samples[i % len(self.samples)]
         image = read_image(sample.image)
         mask = self.decoder(sample, image.shape[:2])
@@ -475,7 +446,7 @@ class SegmentationDataset(Dataset):
         else:
             out = self.transform(image=image)
             target = torch.from_numpy(mask)
-        return {"image": out["image"], "mask": target, "path": str(sample.image)}
+        return {"image": out["image"], "mask": target, "path": str(sample.image), "index": i}
 
 
 def pad_collate(batch: list[dict[str, Any]], ignore_index: int) -> dict[str, Any]:
@@ -500,6 +471,7 @@ def pad_collate(batch: list[dict[str, Any]], ignore_index: int) -> dict[str, Any
         "image_sizes": torch.tensor([b["image"].shape[-2:] for b in batch]),
         "mask_sizes": torch.tensor([b["mask"].shape[-2:] for b in batch]),
         "path": [b["path"] for b in batch],
+        "index": torch.tensor([b["index"] for b in batch]),
     }
 
 
@@ -514,47 +486,60 @@ class _Collate:
 
 
 # ---- the datamodule ---------------------------------------------------------------------------------------------
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(ContractDataModule):
+    """Masks or COCO -> datasets. Contract: class names, ignore_index, value_map (including the one chosen for
+    0/255 masks), COCO category ids, eval pipeline, validation files."""
+
     def __init__(
         self,
         cfg: SegmentationDataConfig,
         backbone: str,
         seed: int = 42,
-        class_names: list[str] | None = None,
-        ignore_index: int | None = None,
-        value_map: dict[Any, int] | None = None,
-        eval_pipeline: dict[str, Any] | None = None,
+        stored: dict[str, Any] | None = None,
+        split: str = "val",
     ) -> None:
-        """Args beyond the config come from a checkpoint: its classes, ignore value, value map (including the one
-        chosen automatically for 0/255 masks) and preprocessing win over the data."""
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
+        super().__init__(cfg, seed, stored, split)
         self.norm = data_config(backbone)
-        self.fixed = class_names is not None  # from a checkpoint: nothing is inferred from the data
-        self.class_names = list(class_names) if class_names else None
-        self.ignore_index = cfg.ignore_index if ignore_index is None else ignore_index
-        self.value_map = cfg.value_map if cfg.value_map is not None else value_map
-        self._eval_pipeline = eval_pipeline
+        self.fixed = bool(self.fact("class_names"))  # from a checkpoint: nothing is inferred from the data
+        self.class_names = list(self.fact("class_names") or []) or None
+        self.ignore_index = self.fact("ignore_index", cfg.ignore_index)
+        self.value_map = cfg.value_map if cfg.value_map is not None else self.fact("value_map")
         self.decoder: MaskDecoder | None = None
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
+        self.collate_fn = _Collate(self.ignore_index)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names or [])
 
+    def contract(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names or []),
+            "ignore_index": self.ignore_index,
+            # JSON-able: YAML may give int keys; a checkpoint stores them as they are.
+            "value_map": dict(self.value_map) if self.value_map else None,
+            "eval_pipeline": augment.to_dict(self.eval_pipeline()),
+        }
+
     def train_pipeline(self) -> A.Compose:
-        custom = T.from_config(self.cfg.train_transforms, "data.train_transforms")
-        return custom or train_transforms(
-            self.cfg.augment, self.cfg.crop_size, self.cfg.image_size, self.norm.mean, self.norm.std, self.ignore_index
+        cfg = self.cfg
+        return augment.choose(
+            None,
+            cfg.train_transforms,
+            "data.train_transforms",
+            lambda: augment.segmentation_train(
+                cfg.augment, cfg.crop_size, cfg.image_size, self.norm.mean, self.norm.std, self.ignore_index
+            ),
         )
 
     def eval_pipeline(self) -> A.Compose:
-        if self._eval_pipeline:
-            return A.from_dict(self._eval_pipeline)
-        custom = T.from_config(self.cfg.val_transforms, "data.val_transforms")
-        return custom or eval_transforms(self.cfg.image_size, self.norm.mean, self.norm.std)
+        return augment.choose(
+            self.fact("eval_pipeline"),
+            self.cfg.val_transforms,
+            "data.val_transforms",
+            lambda: augment.segmentation_eval(self.cfg.image_size, self.norm.mean, self.norm.std),
+        )
 
     # ---- classes and value decoding ------------------------------------------------------------------------
     def _resolve_classes(self, train: Split, stats: MaskStats) -> None:
@@ -576,13 +561,16 @@ class SegmentationDataModule(L.LightningDataModule):
         if num is None:
             gray, colour = normalize_value_map(self.value_map)
             mapped = {gray.get(v, colour.get(v, v)) for v in values} - {self.ignore_index}
-            if not mapped or min(mapped) < 0 or max(mapped) > 1023:
+            if mapped != set(range(len(mapped))) or len(mapped) > MAX_INFERRED_CLASSES:
+                # Not class ids 0..K-1: a stray value, JPEG noise or colours; guessing K would change the classes.
+                raise DatasetError(_unexpected_values_message(stats, self.ignore_index))
+            if not mapped or min(mapped) < 0:
                 raise DatasetError(
                     f"Cannot infer data.num_classes from mask values {sorted(values)[:10]}: set data.num_classes "
                     "(and data.value_map for colour masks)"
                 )
             num = max(mapped) + 1
-            log.info("data.num_classes not set: %d classes from the largest mask value", num)
+            log.info("data.num_classes not set: %d classes from the mask values 0..%d", num, num - 1)
         if not names:
             names = ["background", "foreground"] if num == 2 else [f"class_{i}" for i in range(num)]
         if 0 <= self.ignore_index < num:
@@ -609,16 +597,38 @@ class SegmentationDataModule(L.LightningDataModule):
         if bad:
             raise DatasetError(_bad_values_message(bad, self.decoder))
 
+    def _split(self) -> tuple[Split, Split]:
+        folder = self.eval_folder()
+        if folder is not None:
+            if not self.fixed:
+                raise DatasetError("--split test / data.val_root evaluate a trained model: give a checkpoint")
+            return Split([]), read_mask_folder(folder, self.cfg)
+        train, val = read_splits(self.cfg)
+        pool = train.samples + (val.samples if val else [])
+        if val is not None:
+            derived = range(len(train.samples), len(pool))
+        else:
+            _, derived = seeded_split(len(train.samples), self.cfg.val_fraction, self.seed)
+        tr, va = self.choose_val(pool, derived, key=lambda s: s.image, fingerprint=sample_fingerprint)
+        log.info(
+            "%s: %d train / %d val images (%s validation files)", self.cfg.root, len(tr), len(va), self.split_source
+        )
+        return (
+            Split([pool[i] for i in tr], train.category_names, train.category_ids),
+            Split([pool[i] for i in va], train.category_names, train.category_ids),
+        )
+
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
             return
-        train, val = find_splits(self.cfg, self.seed)
+        train, val = self._split()
         workers = default_workers(self.cfg.num_workers) or 1
-        probe = MaskDecoder(1, self.ignore_index, self.value_map, train.category_ids)
+        category_ids = train.category_ids or val.category_ids
+        probe = MaskDecoder(1, self.ignore_index, self.value_map, category_ids)
         if not self.fixed:
             stats = scan(train.samples + val.samples, probe, workers)
             self._resolve_classes(train, stats)
-        self.decoder = MaskDecoder(self.num_classes, self.ignore_index, self.value_map, train.category_ids)
+        self.decoder = MaskDecoder(self.num_classes, self.ignore_index, self.value_map, category_ids)
         if self.fixed:
             # Classes come from the checkpoint; only the split that will be used needs checking against them.
             stats = scan(val.samples if stage == "validate" else train.samples + val.samples, self.decoder, workers)
@@ -638,12 +648,3 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def class_pixel_counts(self) -> np.ndarray:
         return pixel_counts(self.train_set.samples, self.decoder)
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return make_loader(dataset, self.cfg.batch_size, shuffle, self.cfg.num_workers, _Collate(self.ignore_index))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)

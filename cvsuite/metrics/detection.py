@@ -148,7 +148,8 @@ class DetectionEvaluator:
 
         Args:
             preds: per image ``boxes`` (N, 4) xyxy pixels, ``scores`` (N,), ``labels`` (N,) class indices.
-            targets: per image ``boxes`` (M, 4) xyxy pixels, ``labels`` (M,), optional ``ignore`` (M,) bool.
+            targets: per image ``boxes`` (M, 4) xyxy pixels, ``labels`` (M,), optional ``ignore`` (M,) bool and
+                ``area`` (M,) (COCO segmentation areas; default: box areas).
             image_ids: ids for `coco_results` (default: running index).
             sizes: (height, width) per image (only stored in the COCO ``images`` entries).
         """
@@ -156,9 +157,10 @@ class DetectionEvaluator:
             boxes = _as_numpy(target["boxes"]).reshape(-1, 4)
             ignore = target.get("ignore")
             ignore = np.zeros(len(boxes), bool) if ignore is None else _as_numpy(ignore, bool).reshape(-1)
-            self.gt.append(
-                {"boxes": boxes, "labels": _as_numpy(target["labels"], np.int64).reshape(-1), "ignore": ignore}
-            )
+            entry = {"boxes": boxes, "labels": _as_numpy(target["labels"], np.int64).reshape(-1), "ignore": ignore}
+            if target.get("area") is not None:
+                entry["area"] = _as_numpy(target["area"]).reshape(-1)
+            self.gt.append(entry)
             self.preds.append(
                 {
                     "boxes": _as_numpy(pred["boxes"]).reshape(-1, 4),
@@ -179,14 +181,17 @@ class DetectionEvaluator:
         images, annotations = [], []
         for iid, image, gt in zip(self._internal_ids(), self.images, self.gt):
             images.append({"id": iid, "height": image["height"], "width": image["width"]})
-            for box, label, ignore in zip(_xywh(gt["boxes"]), gt["labels"], gt["ignore"]):
+            boxes = _xywh(gt["boxes"])
+            # The data's own object areas (COCO segmentation) when given, as the official COCO evaluation uses.
+            areas = gt.get("area", boxes[:, 2] * boxes[:, 3])
+            for box, label, ignore, area in zip(boxes, gt["labels"], gt["ignore"], areas):
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
                         "image_id": iid,
                         "category_id": int(label) + 1,
                         "bbox": box.tolist(),
-                        "area": float(box[2] * box[3]),
+                        "area": float(area),
                         "iscrowd": int(ignore),
                     }
                 )

@@ -16,14 +16,18 @@ class TaskSpec:
     Attributes:
         data_config / model_config: dataclasses of the recipe's ``data:`` and ``model:`` sections.
         module_class: the LightningModule (a `BaseTask`); ``load_from_checkpoint`` must rebuild it.
-        build_datamodule: ``(cfg, module_or_None) -> LightningDataModule``. With a module (eval/predict from a
-            checkpoint) it takes class names and preprocessing from the module's hparams, not from the data.
+        build_datamodule: ``(cfg, stored=None, split="val") -> ContractDataModule``. `stored` is the datamodule
+            state of a checkpoint (`cvsuite.data.base`): its class names, preprocessing and validation files win
+            over the data.
         build_module: ``(cfg, datamodule) -> module`` with pretrained weights, after ``datamodule.setup("fit")``.
         predict: ``(module, inputs, output_dir, cfg) -> Path`` writes predictions for image files, returns the
             main output file.
         save_plots: ``(module, run_dir) -> list[Path]`` writes the task's evaluation figures from the state the
             last validation left on the module.
         monitor / mode: default metric for the best checkpoint and early stopping.
+        eval_keys: ``section.key`` settings of this task that eval/predict may override besides the common ones
+            (`cvsuite.run.EVAL_KEYS`): they change what is reported, not the trained model.
+        apply_eval_settings: ``(module, cfg) -> None`` applies those settings to a loaded module.
     """
 
     data_config: type
@@ -35,6 +39,8 @@ class TaskSpec:
     save_plots: Callable[..., list[Path]]
     monitor: str
     mode: str
+    eval_keys: tuple[str, ...] = ()
+    apply_eval_settings: Callable[..., None] | None = None
 
 
 # The recipe's ``task:`` value -> module under cvsuite/tasks holding its SPEC. Imported on use, so a user of one

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from timm.data import Mixup
 
-from cvsuite import transforms as T
+from cvsuite import augment
 from cvsuite.data.classification import ClassificationDataConfig, ClassificationDataModule
 from cvsuite.data.common import read_image
 from cvsuite.losses import build_loss
@@ -130,18 +130,8 @@ class ClassificationTask(BaseTask):
 
 
 # ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
-def build_datamodule(cfg, module: ClassificationTask | None = None) -> ClassificationDataModule:
-    if module is None:
-        return ClassificationDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed)
-    hp = module.hparams
-    return ClassificationDataModule(
-        cfg.data,
-        hp.backbone,
-        seed=cfg.run.seed,
-        class_names=list(hp.class_names),
-        eval_pipeline=hp.eval_pipeline,
-        multilabel=hp.multilabel,
-    )
+def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "val") -> ClassificationDataModule:
+    return ClassificationDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed, stored=stored, split=split)
 
 
 def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[float] | None:
@@ -149,8 +139,6 @@ def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[f
         return None
     if spec == "balanced":
         return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
-    if isinstance(spec, str):
-        raise ValueError(f"model.class_weights: '{spec}' is not 'balanced' or a list of numbers")
     return [float(x) for x in spec]
 
 
@@ -164,7 +152,7 @@ def build_module(cfg, dm: ClassificationDataModule) -> ClassificationTask:
         multilabel=bool(dm.multilabel),
         mixup_alpha=cfg.data.mixup_alpha,
         cutmix_alpha=cfg.data.cutmix_alpha,
-        eval_pipeline=T.to_dict(dm.eval_pipeline()),
+        eval_pipeline=augment.to_dict(dm.eval_pipeline()),
         image_size=cfg.data.image_size,
         **model,
     )

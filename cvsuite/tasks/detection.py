@@ -12,10 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cvsuite import transforms as T
+from cvsuite import augment
 from cvsuite.data.common import read_image
 from cvsuite.data.detection import DetectionDataConfig, DetectionDataModule
-from cvsuite.data.detection import eval_pipeline as default_eval_pipeline
 from cvsuite.metrics.detection import STAT_KEYS, DetectionEvaluator
 from cvsuite.models.backbone import DEFAULT_BACKBONE, data_config
 from cvsuite.models.detection import Detector
@@ -167,7 +166,7 @@ class DetectionTask(BaseTask):
         if self.hparams.eval_pipeline:
             return A.from_dict(self.hparams.eval_pipeline)
         norm = data_config(self.hparams.backbone)
-        return default_eval_pipeline(self.hparams.image_size, norm.mean, norm.std)
+        return augment.detection_eval(self.hparams.image_size, norm.mean, norm.std)
 
     def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
         """A normalised (3, H, W) tensor back to HWC uint8, with the mean/std of the eval pipeline."""
@@ -230,7 +229,7 @@ def draw_boxes(
     return np.asarray(img)
 
 
-def _apply_eval_settings(module: DetectionTask, cfg) -> None:
+def apply_eval_settings(module: DetectionTask, cfg) -> None:
     """Score threshold, NMS IoU, detections and metric backend from the (possibly overridden) recipe: they
     change what eval and predict report, not the trained weights, so a checkpoint can be re-scored."""
     m = cfg.model
@@ -240,14 +239,8 @@ def _apply_eval_settings(module: DetectionTask, cfg) -> None:
 
 
 # ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
-def build_datamodule(cfg, module: DetectionTask | None = None) -> DetectionDataModule:
-    if module is None:
-        return DetectionDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed)
-    _apply_eval_settings(module, cfg)
-    hp = module.hparams
-    return DetectionDataModule(
-        cfg.data, hp.backbone, seed=cfg.run.seed, class_names=list(hp.class_names), eval_pipeline=hp.eval_pipeline
-    )
+def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "val") -> DetectionDataModule:
+    return DetectionDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed, stored=stored, split=split)
 
 
 def build_module(cfg, dm: DetectionDataModule) -> DetectionTask:
@@ -258,7 +251,7 @@ def build_module(cfg, dm: DetectionDataModule) -> DetectionTask:
         optim=asdict(cfg.optim),
         finetune=asdict(cfg.finetune),
         image_size=cfg.data.image_size,
-        eval_pipeline=T.to_dict(dm.eval_pipeline()),
+        eval_pipeline=augment.to_dict(dm.eval_pipeline()),
         **asdict(cfg.model),
     )
 
@@ -280,8 +273,6 @@ def predict(module: DetectionTask, paths: list[Path], output: Path, cfg=None) ->
     JSON: a list of ``{"path", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class_id",
     "score"}]}``, boxes in pixels of the original image, best score first.
     """
-    if cfg is not None:
-        _apply_eval_settings(module, cfg)
     names = list(module.hparams.class_names)
     output.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -367,4 +358,12 @@ SPEC = TaskSpec(
     save_plots=save_plots,
     monitor="val_map",
     mode="max",
+    eval_keys=(
+        "model.score_thresh",
+        "model.nms_iou",
+        "model.max_detections",
+        "model.draw_score_thresh",
+        "model.eval_backend",
+    ),
+    apply_eval_settings=apply_eval_settings,
 )

@@ -337,9 +337,8 @@ def generate_images(
 
 
 # ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
-def build_datamodule(cfg, module: GenerationTask | None = None) -> GenerationDataModule:
-    names = list(module.hparams.class_names) if module is not None and module.hparams.class_names else None
-    return GenerationDataModule(cfg.data, seed=cfg.run.seed, class_names=names)
+def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "val") -> GenerationDataModule:
+    return GenerationDataModule(cfg.data, seed=cfg.run.seed, stored=stored, split=split)
 
 
 def build_module(cfg, dm: GenerationDataModule) -> GenerationTask:

@@ -171,19 +171,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
 
 
 # ---- the pieces cvsuite.run needs ---------------------------------------------------------------------------------
-def build_datamodule(cfg, module: SegmentationTask | None = None) -> SegmentationDataModule:
-    if module is None:
-        return SegmentationDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed)
-    hp = module.hparams
-    return SegmentationDataModule(
-        cfg.data,
-        hp.backbone,
-        seed=cfg.run.seed,
-        class_names=list(hp.class_names),
-        ignore_index=hp.ignore_index,
-        value_map=hp.value_map,
-        eval_pipeline=hp.eval_pipeline,
-    )
+def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "val") -> SegmentationDataModule:
+    return SegmentationDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed, stored=stored, split=split)
 
 
 def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[float] | None:
@@ -192,8 +181,6 @@ def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[f
     if spec == "balanced":
         # Inverse pixel frequency, normalised so a perfectly balanced dataset gets all ones.
         return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
-    if isinstance(spec, str):
-        raise ValueError(f"model.class_weights: '{spec}' is not 'balanced' or a list of numbers")
     return [float(x) for x in spec]
 
 

@@ -1,0 +1,186 @@
+"""Albumentations pipelines for every task, from shared pieces, and the one place that chooses a pipeline.
+
+Presets ``none`` / ``light`` / ``strong`` per task:
+
+- classification: random resized crop + flip (+ colour, rotation, blur, grey when strong);
+- detection: letterbox (longest side, padded with the mean colour) + scale jitter and random placement + flip +
+  colour; boxes move with the image (``bbox_params``);
+- segmentation: scale-preserving random crops + flip (+ rotation, colour, blur); masks follow with nearest
+  neighbour and borders filled with ``ignore_index``;
+- generation: flips only (``data.hflip``).
+
+A custom pipeline in the recipe is albumentations' own serialisation (``A.to_dict`` / ``A.from_dict``).
+`choose` picks "checkpoint -> custom -> preset" for all tasks, and `seed_pipelines` is the one seeding
+mechanism (per DataLoader worker and per distributed rank), called by `cvsuite.data.common.make_loader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+PRESETS = ("none", "light", "strong")
+
+
+# ---- shared pieces -----------------------------------------------------------------------------------------------
+def normalize(mean, std) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+
+
+def colour(strong: bool, p_light: float = 0.5) -> list[A.BasicTransform]:
+    """Photometric jitter: mild for light, stronger (plus grey and blur) for strong."""
+    if not strong:
+        return [A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=p_light)]
+    return [A.ColorJitter(0.3, 0.3, 0.3, 0.05, p=0.8), A.ToGray(p=0.05), A.GaussianBlur(blur_limit=(3, 5), p=0.2)]
+
+
+def bbox_params(min_visibility: float = 0.3, min_size: float = 1.0) -> A.BboxParams:
+    # clip=True absorbs float round-off at the border; min_visibility drops boxes a crop has mostly cut away.
+    return A.BboxParams(
+        format="pascal_voc",
+        label_fields=["labels"],
+        min_visibility=min_visibility,
+        min_width=min_size,
+        min_height=min_size,
+        clip=True,
+    )
+
+
+# ---- classification ------------------------------------------------------------------------------------------------
+def classification_train(preset: str, size: int, mean, std) -> A.Compose:
+    if preset == "none":
+        ops: list[A.BasicTransform] = [A.Resize(size, size)]
+    else:
+        lo = 0.35 if preset == "light" else 0.2
+        ops = [A.RandomResizedCrop(size=(size, size), scale=(lo, 1.0)), A.HorizontalFlip()]
+        if preset == "strong":
+            ops += [A.Affine(rotate=(-15, 15), p=0.3), *colour(strong=True)]
+    return A.Compose(ops + normalize(mean, std))
+
+
+def classification_eval(size: int, mean, std, crop_pct: float | None = None) -> A.Compose:
+    """Resize (then centre-crop when `crop_pct` is set, as the backbone's weights were evaluated)."""
+    if crop_pct:
+        ops = [A.SmallestMaxSize(max_size=int(round(size / crop_pct))), A.CenterCrop(size, size)]
+    else:
+        ops = [A.Resize(size, size)]
+    return A.Compose(ops + normalize(mean, std))
+
+
+# ---- detection ----------------------------------------------------------------------------------------------------
+def detection_train(preset: str, size: int, mean, std, min_visibility: float = 0.3, min_size: float = 1.0) -> A.Compose:
+    """Every preset letterboxes to size x size (aspect kept, padded with the mean colour, which normalisation
+    turns into 0, as torchvision pads its batches). light: scale jitter 0.75-1.25 with random placement/crop,
+    flip, mild colour; strong: jitter 0.5-1.5, stronger colour, grey and blur."""
+    fill = tuple(int(round(m * 255)) for m in mean)
+    ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=size, area_for_downscale="image")]
+    if preset == "none":
+        ops.append(A.PadIfNeeded(size, size, position="top_left", border_mode=0, fill=fill))
+    else:
+        jitter = 0.25 if preset == "light" else 0.5
+        ops += [
+            A.RandomScale(scale_limit=(-jitter, jitter), p=1.0),
+            A.PadIfNeeded(size, size, position="random", border_mode=0, fill=fill),
+            A.RandomCrop(size, size),
+            A.HorizontalFlip(),
+            *colour(strong=preset == "strong"),
+        ]
+    return A.Compose(ops + normalize(mean, std), bbox_params=bbox_params(min_visibility, min_size))
+
+
+def detection_eval(size: int, mean, std) -> A.Compose:
+    """Longest side to `size`; no crop, no pad: predictions map back to the original by scale."""
+    ops = [A.LongestMaxSize(max_size=size, area_for_downscale="image")]
+    return A.Compose(ops + normalize(mean, std), bbox_params=bbox_params(0.0, 0.0))
+
+
+def with_boxes(custom: A.Compose, params: A.BboxParams) -> A.Compose:
+    """A custom pipeline made box-aware (the recipe's serialised pipeline rarely carries bbox_params)."""
+    return A.Compose(list(custom.transforms), bbox_params=params)
+
+
+# ---- segmentation -------------------------------------------------------------------------------------------------
+def segmentation_train(preset: str, crop_size: int, image_size: int | None, mean, std, ignore_index: int) -> A.Compose:
+    """Scale-preserving crops, so training sees objects at the size validation (full image) sees them; padding
+    and rotation borders are `ignore_index` in the mask, so they count for nothing."""
+    ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
+    if preset != "none":
+        ops.append(A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0))
+    ops += [
+        A.PadIfNeeded(crop_size, crop_size, border_mode=0, fill=0, fill_mask=ignore_index),
+        A.RandomCrop(crop_size, crop_size),
+    ]
+    if preset != "none":
+        ops.append(A.HorizontalFlip())
+    if preset == "strong":
+        ops += [A.Affine(rotate=(-15, 15), border_mode=0, fill=0, fill_mask=ignore_index, p=0.3), *colour(True)]
+    return A.Compose(ops + normalize(mean, std))
+
+
+def segmentation_eval(image_size: int | None, mean, std) -> A.Compose:
+    """Image-only: optional resize of the longer side; the mask keeps its own size (predictions are resized)."""
+    ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
+    return A.Compose(ops + normalize(mean, std))
+
+
+# ---- generation ---------------------------------------------------------------------------------------------------
+def generation_resize(size: int) -> A.Compose:
+    """Shorter side to `size` (area interpolation when shrinking), then the centre square."""
+    return A.Compose(
+        [
+            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_CUBIC, area_for_downscale="image"),
+            A.CenterCrop(size, size),
+        ]
+    )
+
+
+def generation_train(hflip: bool, mean, std) -> A.Compose:
+    return A.Compose(([A.HorizontalFlip(p=0.5)] if hflip else []) + normalize(mean, std))
+
+
+# ---- choosing and seeding -----------------------------------------------------------------------------------------
+def from_config(spec: dict[str, Any] | None, key: str) -> A.Compose | None:
+    """A custom pipeline from the recipe (albumentations' serialised dict), or None when not given."""
+    if not spec:
+        return None
+    try:
+        return A.from_dict(spec)
+    except Exception as err:
+        raise ValueError(
+            f"{key}: not a valid albumentations pipeline ({err}). Write it as albumentations serialises it: "
+            "A.to_dict(A.Compose([...])), i.e. {'transform': {'__class_fullname__': 'Compose', 'transforms': [...]}}"
+        ) from err
+
+
+def choose(
+    stored: dict[str, Any] | None,
+    custom: dict[str, Any] | None,
+    key: str,
+    preset: Callable[[], A.Compose],
+    adapt: Callable[[A.Compose], A.Compose] | None = None,
+) -> A.Compose:
+    """The pipeline to use: the checkpoint's (a trained model is evaluated as it was), else the recipe's custom
+    one (made box-aware by `adapt`), else the preset."""
+    if stored:
+        return A.from_dict(stored)
+    pipeline = from_config(custom, key)
+    if pipeline is not None:
+        return adapt(pipeline) if adapt else pipeline
+    return preset()
+
+
+def to_dict(pipeline: A.Compose) -> dict[str, Any]:
+    """Serialised pipeline for the checkpoint (eval/predict rebuild it without the recipe)."""
+    return A.to_dict(pipeline)
+
+
+def seed_pipelines(dataset: Any, seed: int) -> None:
+    """albumentations 2 draws from its own generator, which ``seed_everything`` does not reach: seed every
+    pipeline a dataset holds (attributes with ``set_random_seed``)."""
+    for value in vars(dataset).values():
+        if hasattr(value, "set_random_seed"):
+            value.set_random_seed(seed % 2**32)

@@ -1,0 +1,216 @@
+"""The data contract every task's datamodule shares: what a trained model's data *was*, stored in its checkpoint.
+
+A datamodule's ``state_dict()`` (Lightning saves it into every checkpoint under the class's qualified name) holds
+
+- the task's data facts (class names, category ids, ``ignore_index``, ``value_map``, the eval pipeline, ...);
+- ``root``: the data root the model was trained on;
+- ``val_files``: the exact validation files, each as (path relative to ``root``, fingerprint).
+
+Evaluating, predicting or resuming from a checkpoint builds the datamodule with that state (``stored=``): the
+validation split is the stored list, not a fresh seeded split of whatever the folder holds now, so another seed or
+images added later cannot change what is scored. A stored file that is gone or changed is a `DatasetError` naming
+it (``data.rederive_split: true`` re-derives the split instead). A different ``data.root``, ``split="test"`` or
+``data.val_root`` evaluate new data deliberately, and `describe()` says which was scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cvsuite.data.common import DatasetError, make_loader
+
+log = logging.getLogger("cvsuite")
+
+CONTRACT_VERSION = 1
+SPLITS = ("val", "test")
+# Bytes of each file hashed into its fingerprint (with its size): cheap, and survives copying the data set.
+FINGERPRINT_BYTES = 1 << 16
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """``"<size>:<blake2b of the first 64 KiB>"``; a file edited in place (or replaced) gets another one."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        head = fh.read(FINGERPRINT_BYTES)
+    return f"{path.stat().st_size}:{hashlib.blake2b(head, digest_size=8).hexdigest()}"
+
+
+def content_hash(*parts: Any) -> str:
+    """A short hash of annotations (boxes, labels, ...) so a changed label file counts as a changed sample."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(part.tobytes() if hasattr(part, "tobytes") else repr(part).encode())
+    return h.hexdigest()
+
+
+class ContractDataModule(L.LightningDataModule):
+    """Base of the task datamodules: the stored contract, the choice of validation files and the loaders.
+
+    Subclasses implement ``contract()`` (their data facts) and call `choose_val` in ``setup``.
+
+    Args:
+        cfg: the recipe's ``data`` section (needs ``root``, ``batch_size``, ``num_workers``).
+        seed: run.seed, for seeded splits and augmentation.
+        stored: the datamodule state from a checkpoint; its facts win over the data and its file list is the
+            validation split.
+        split: ``val`` (the validation split) or ``test`` (``ROOT/test`` scored as a whole).
+    """
+
+    def __init__(self, cfg: Any, seed: int = 42, stored: dict[str, Any] | None = None, split: str = "val") -> None:
+        super().__init__()
+        if split not in SPLITS:
+            raise DatasetError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.cfg = cfg
+        self.seed = seed
+        self.stored = dict(stored) if stored else None
+        self.split = split
+        self.val_files: list[tuple[str, str]] = []
+        self.split_source = "derived"  # stored | derived | test | val_root
+
+    # ---- what subclasses provide -------------------------------------------------------------------------
+    def contract(self) -> dict[str, Any]:
+        """The task's data facts a trained model depends on (JSON-able)."""
+        return {}
+
+    # ---- the checkpoint ------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path | None:
+        return Path(self.cfg.root).expanduser().resolve() if getattr(self.cfg, "root", None) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CONTRACT_VERSION,
+            "root": str(self.root) if self.root else None,
+            "val_files": [list(v) for v in self.val_files],
+            **self.contract(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning calls this when resuming, after setup: run.py already built this datamodule from the same state.
+        if self.stored is None:
+            self.stored = dict(state)
+
+    def fact(self, key: str, default: Any = None) -> Any:
+        """A stored data fact, or `default` for a new run (or a checkpoint older than the contract)."""
+        return self.stored.get(key, default) if self.stored else default
+
+    # ---- which files are validated -------------------------------------------------------------------------
+    def eval_folder(self) -> Path | None:
+        """The folder evaluated as a whole split instead of the validation split, if one was asked for."""
+        val_root = getattr(self.cfg, "val_root", None)
+        if val_root:
+            folder = Path(val_root).expanduser()
+            self.split_source = "val_root"
+        elif self.split == "test":
+            if self.root is None:
+                raise DatasetError("--split test needs data.root (ROOT/test is evaluated)")
+            folder = self.root / "test"
+            self.split_source = "test"
+        else:
+            return None
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: folder not found (asked for by --split test / data.val_root)")
+        return folder
+
+    def _relative(self, path: Path) -> str:
+        path = Path(path).resolve()
+        root = self.root
+        if root is not None and path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+        return str(path)
+
+    def uses_stored_split(self) -> bool:
+        """True when the stored validation files are what gets scored."""
+        if not self.stored or not self.stored.get("val_files") or self.eval_folder_requested():
+            return False
+        if getattr(self.cfg, "rederive_split", False):
+            return False
+        stored_root = self.stored.get("root")
+        if stored_root and self.root is not None and Path(stored_root) != self.root:
+            log.warning(
+                "data.root %s is not the training root %s: evaluating its own validation split", self.root, stored_root
+            )
+            return False
+        return True
+
+    def eval_folder_requested(self) -> bool:
+        return bool(getattr(self.cfg, "val_root", None)) or self.split == "test"
+
+    def choose_val(
+        self,
+        pool: Sequence[Any],
+        derived_val: Sequence[int],
+        key: Callable[[Any], Path],
+        fingerprint: Callable[[Any], str],
+    ) -> tuple[list[int], list[int]]:
+        """(train, val) indices into `pool` (all samples read from the data): the stored validation files when
+        the checkpoint has them, else `derived_val` (a val/ folder or the seeded split). Records the choice, so
+        the checkpoint stores exactly the files validated."""
+        if self.uses_stored_split():
+            index = {self._relative(key(item)): i for i, item in enumerate(pool)}
+            missing, changed, val = [], [], []
+            for rel, fp in self.stored["val_files"]:
+                i = index.get(rel)
+                if i is None:
+                    missing.append(rel)
+                elif fingerprint(pool[i]) != fp:
+                    changed.append(rel)
+                else:
+                    val.append(i)
+            if missing or changed:
+                raise DatasetError(_stale_message(self.stored.get("root"), missing, changed))
+            self.split_source = "stored"
+        else:
+            val = list(derived_val)
+        chosen = set(val)
+        train = [i for i in range(len(pool)) if i not in chosen]
+        self.val_files = [(self._relative(key(pool[i])), fingerprint(pool[i])) for i in val]
+        return train, val
+
+    def keep_val_files(self, paths: Sequence[Path]) -> None:
+        """Drop from the stored list the files `paths` no longer holds (unreadable ones skipped at setup)."""
+        keep = {self._relative(p) for p in paths}
+        self.val_files = [v for v in self.val_files if v[0] in keep]
+
+    def describe(self) -> dict[str, Any]:
+        """What an evaluation scored, for its JSON."""
+        folder = getattr(self.cfg, "val_root", None) or (str(self.root / "test") if self.split == "test" else None)
+        return {
+            "split": "test" if self.split == "test" else "val",
+            "split_files": self.split_source,
+            "data_root": str(folder or self.root),
+            "num_samples": len(self.val_set) if getattr(self, "val_set", None) is not None else 0,
+        }
+
+    # ---- loaders --------------------------------------------------------------------------------------------
+    collate_fn: Callable | None = None
+
+    def loader(self, dataset: Dataset, train: bool, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
+        return make_loader(dataset, self.cfg.batch_size, train, self.cfg.num_workers, self.collate_fn, sampler=sampler)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_set, train=False)
+
+
+def _stale_message(root: str | None, missing: list[str], changed: list[str]) -> str:
+    parts = []
+    for what, files in (("missing", missing), ("changed since training", changed)):
+        if files:
+            more = f" (+{len(files) - 5} more)" if len(files) > 5 else ""
+            parts.append(f"{len(files)} {what}: {', '.join(files[:5])}{more}")
+    return (
+        f"The checkpoint's validation files under {root} are not as they were at training time: {'; '.join(parts)}. "
+        "Restore them to score the same split, evaluate other data deliberately (--data.root, --data.val_root or "
+        "--split test), or pass --data.rederive_split true to derive a new split from the folder as it is now."
+    )
