@@ -1,4 +1,5 @@
-"""PNG figures a person looks at after a run: curves, confusion matrix, PR curves, image grids."""
+"""PNG figures a person looks at after a run: curves, confusion matrix, PR curves, image grids, and the task
+figures (boxes drawn on images, segmentation colours and mosaics, GAN curves). Tasks call these; none draws."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from cvsuite.data.common import read_image  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def read_metrics_csv(path: Path) -> dict[str, list[float]]:
@@ -102,6 +110,155 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out: Path,
     for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(image)
         ax.set_title(caption, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# ---- detection ----------------------------------------------------------------------------------------------------
+COLOURS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+)
+
+
+def draw_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    class_names: list[str],
+    scores: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
+    """HWC uint8 image with xyxy `boxes` outlined in the colour of their class and captioned 'name score'."""
+    img = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(max(img.size) / 250))
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist())):
+        colour = COLOURS[int(label) % len(COLOURS)]
+        draw.rectangle(box, outline=colour, width=width)
+        text = class_names[int(label)] + (f" {float(scores[i]):.2f}" if scores is not None else "")
+        x, y = box[0], max(0, box[1] - 11)
+        draw.rectangle(draw.textbbox((x, y), text), fill=colour)
+        draw.text((x, y), text, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def map_plot(cols: dict[str, list[float]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for key in ("val_map", "val_map_50", "val_map_75"):
+        if key in cols:
+            ax.plot(cols["epoch"], cols[key], "o-", markersize=3, label=key.removeprefix("val_"))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("COCO AP")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---- segmentation -------------------------------------------------------------------------------------------------
+def palette(num_classes: int) -> np.ndarray:
+    """(C, 3) uint8, PASCAL VOC's colour map (class 0 black, 1 dark red, 2 green, ...): familiar to most users."""
+    colours = np.zeros((num_classes, 3), dtype=np.uint8)
+    for i in range(num_classes):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours[i] = (r, g, b)
+    return colours
+
+
+def colorize(mask: np.ndarray, colours: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
+    """(H, W) ids -> (H, W, 3) uint8; ignored pixels white."""
+    out = colours[np.clip(mask, 0, len(colours) - 1)]
+    if ignore_index is not None:
+        out[mask == ignore_index] = 255
+    return out
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Class colours blended over the image; class 0 (background in nearly every dataset) is left untinted."""
+    out = image.astype(np.float32).copy()
+    tint = mask > 0
+    out[tint] = (1 - alpha) * out[tint] + alpha * colours[mask[tint]].astype(np.float32)
+    return out.round().astype(np.uint8)
+
+
+def per_class_iou_plot(per_class: dict[str, float | None], out: Path) -> Path:
+    names = list(per_class)
+    values = [np.nan if v is None else v for v in per_class.values()]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.4 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), values, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("IoU")
+    ax.set_title(f"per-class IoU (mIoU {np.nanmean(values):.3f})" if not np.isnan(values).all() else "per-class IoU")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def mosaic_plot(
+    examples: list[tuple[str, np.ndarray, np.ndarray]], colours: np.ndarray, ignore_index: int, out: Path
+) -> Path:
+    """One row per example: image, truth, prediction."""
+    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
+    for row, (path, truth, pred) in zip(axes, examples):
+        image = np.asarray(Image.fromarray(read_image(path)).resize(truth.shape[::-1], Image.BILINEAR))
+        for ax, panel, title in zip(
+            row,
+            (image, colorize(truth, colours, ignore_index), colorize(pred, colours)),
+            (Path(path).name, "truth", "prediction"),
+        ):
+            ax.imshow(panel)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# ---- generation ---------------------------------------------------------------------------------------------------
+def gan_curves_plot(metrics_csv: Path, out: Path) -> Path:
+    """G and D losses, FID (and KID) and the discriminator's mean logits on reals and fakes, per epoch."""
+    cols = read_metrics_csv(metrics_csv)
+    epochs = cols.get("epoch", [])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    panels = [
+        ("G / D loss", ["train_g_loss", "train_d_loss"]),
+        ("FID (left), KID (right)", ["val_fid"]),
+        ("D logits", ["train_d_real", "train_d_fake"]),
+    ]
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            if key in cols:
+                ax.plot(epochs, cols[key], "o-", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    if "val_kid" in cols:
+        twin = axes[1].twinx()
+        twin.plot(epochs, cols["val_kid"], "s--", color="tab:orange", markersize=3, label="val_kid")
+        twin.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -169,7 +169,9 @@ def load_run(ckpt: str | Path, config: str | Path | None = None, overrides: list
     module = spec.module_class.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False)
     if spec.apply_eval_settings is not None:
         spec.apply_eval_settings(module, cfg)
-    return module, cfg, spec, data_state(stored, module)
+    state = data_state(stored, module)
+    module.data_contract = state or {}  # the preprocessing predict_images uses (`data.base.inference_pipeline`)
+    return module, cfg, spec, state
 
 
 def load_checkpoint(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None):

@@ -72,6 +72,8 @@ def build_trainer(cfg: Config, spec: TaskSpec, run_dir: Path, **overrides: Any) 
     callbacks: list[Callback] = [ckpt, EpochMetricsFile(run_dir / "metrics.csv"), SaveConfig(cfg)]
     if cfg.run.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.run.early_stopping_patience))
+    if spec.callbacks is not None:
+        callbacks += spec.callbacks(run_dir)
     if cfg.run.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
     kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}

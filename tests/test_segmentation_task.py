@@ -154,9 +154,10 @@ def test_training_writes_metrics_curves_and_plots(trained):
 def test_checkpoint_keeps_classes_ignore_and_value_map(trained):
     _, run_dir = trained
     module, cfg, _ = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
-    hp = module.hparams
-    assert list(hp.class_names) == ["background", "foreground"]
-    assert hp.ignore_index == 255 and dict(hp.value_map) == {255: 1}
+    assert list(module.hparams.class_names) == ["background", "foreground"]
+    # Data facts are the datamodule's, stored in the checkpoint (cvsuite.data.base), not model hparams.
+    data = module.data_contract
+    assert data["ignore_index"] == 255 and dict(data["value_map"]) == {255: 1}
     assert module.backbone is module.net.backbone
 
 

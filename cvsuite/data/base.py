@@ -21,10 +21,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cvsuite import augment
 from cvsuite.data.common import DatasetError, make_loader
 
 log = logging.getLogger("cvsuite")
@@ -76,9 +79,37 @@ class ContractDataModule(L.LightningDataModule):
         self.split_source = "derived"  # stored | derived | test | val_root
 
     # ---- what subclasses provide -------------------------------------------------------------------------
+    class_names: list[str] | None = None
+
     def contract(self) -> dict[str, Any]:
-        """The task's data facts a trained model depends on (JSON-able)."""
-        return {}
+        """The data facts a trained model depends on (JSON-able); subclasses add their own to this."""
+        return {"class_names": list(self.class_names or []), "eval_pipeline": augment.to_dict(self.eval_pipeline())}
+
+    def preset_train(self):
+        """The task's augmentation preset for ``data.augment`` (an albumentations Compose)."""
+        raise NotImplementedError
+
+    def preset_eval(self):
+        """The task's deterministic validation/predict preprocessing."""
+        raise NotImplementedError
+
+    # A custom pipeline from the recipe, made fit for the task (detection: box-aware); None = used as written.
+    adapt_train = adapt_eval = None
+
+    def train_pipeline(self):
+        return augment.choose(
+            None, self.cfg.train_transforms, "data.train_transforms", self.preset_train, self.adapt_train
+        )
+
+    def eval_pipeline(self):
+        """Checkpoint -> custom -> preset (`augment.choose`): a trained model is evaluated as it was."""
+        return augment.choose(
+            self.fact("eval_pipeline"),
+            self.cfg.val_transforms,
+            "data.val_transforms",
+            self.preset_eval,
+            self.adapt_eval,
+        )
 
     # ---- the checkpoint ------------------------------------------------------------------------------------
     @property
@@ -201,6 +232,25 @@ class ContractDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_set, train=False)
+
+
+def inference_pipeline(module: Any, default: Callable[[], Any]):
+    """The preprocessing a loaded model predicts with: its checkpoint's data contract (``module.data_contract``,
+    attached by `cvsuite.run.load_run`), else an older checkpoint's ``eval_pipeline`` hparam, else `default()`
+    (the task's preset for the model's backbone)."""
+    stored = getattr(module, "data_contract", None) or {}
+    serialised = stored.get("eval_pipeline") or module.hparams.get("eval_pipeline")
+    return A.from_dict(serialised) if serialised else default()
+
+
+def class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[float] | None:
+    """``model.class_weights``: a list as given, or "balanced" = inverse frequency of each class in `counts`
+    (images or pixels), normalised so a perfectly balanced data set gets all ones."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
+    return [float(x) for x in spec]
 
 
 def _stale_message(root: str | None, missing: list[str], changed: list[str]) -> str:

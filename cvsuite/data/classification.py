@@ -185,30 +185,13 @@ class ClassificationDataModule(ContractDataModule):
         self.skipped: list[tuple[Path, str]] = []
 
     def contract(self) -> dict[str, Any]:
-        return {
-            "class_names": list(self.class_names or []),
-            "multilabel": bool(self.multilabel),
-            "eval_pipeline": augment.to_dict(self.eval_pipeline()),
-        }
+        return {**super().contract(), "multilabel": bool(self.multilabel)}
 
-    # ---- pipelines ---------------------------------------------------------------------------------------
-    def train_pipeline(self) -> A.Compose:
-        cfg = self.cfg
-        return augment.choose(
-            None,
-            cfg.train_transforms,
-            "data.train_transforms",
-            lambda: augment.classification_train(cfg.augment, cfg.image_size, self.norm.mean, self.norm.std),
-        )
+    def preset_train(self) -> A.Compose:
+        return augment.classification_train(self.cfg.augment, self.cfg.image_size, self.norm.mean, self.norm.std)
 
-    def eval_pipeline(self) -> A.Compose:
-        cfg = self.cfg
-        return augment.choose(
-            self.fact("eval_pipeline"),
-            cfg.val_transforms,
-            "data.val_transforms",
-            lambda: augment.classification_eval(cfg.image_size, self.norm.mean, self.norm.std, self.norm.crop_pct),
-        )
+    def preset_eval(self) -> A.Compose:
+        return augment.classification_eval(self.cfg.image_size, self.norm.mean, self.norm.std, self.norm.crop_pct)
 
     # ---- data --------------------------------------------------------------------------------------------
     def _read(self) -> tuple[Samples, Samples | None]:

@@ -148,33 +148,22 @@ class DetectionDataModule(ContractDataModule):
         self.skipped: list[tuple[Path, str]] = []
 
     def contract(self) -> dict[str, Any]:
-        return {
-            "class_names": list(self.class_names or []),
-            "category_ids": list(self.category_ids or []),
-            "eval_pipeline": augment.to_dict(self.eval_pipeline()),
-        }
+        return {**super().contract(), "category_ids": list(self.category_ids or [])}
 
-    # ---- pipelines ---------------------------------------------------------------------------------------
-    def train_pipeline(self) -> A.Compose:
+    def preset_train(self) -> A.Compose:
         cfg = self.cfg
-        return augment.choose(
-            None,
-            cfg.train_transforms,
-            "data.train_transforms",
-            lambda: augment.detection_train(
-                cfg.augment, cfg.image_size, self.norm.mean, self.norm.std, cfg.min_visibility, cfg.min_box_size
-            ),
-            adapt=lambda p: augment.with_boxes(p, augment.bbox_params(cfg.min_visibility, cfg.min_box_size)),
+        return augment.detection_train(
+            cfg.augment, cfg.image_size, self.norm.mean, self.norm.std, cfg.min_visibility, cfg.min_box_size
         )
 
-    def eval_pipeline(self) -> A.Compose:
-        return augment.choose(
-            self.fact("eval_pipeline"),
-            self.cfg.val_transforms,
-            "data.val_transforms",
-            lambda: augment.detection_eval(self.cfg.image_size, self.norm.mean, self.norm.std),
-            adapt=lambda p: augment.with_boxes(p, augment.bbox_params(0.0, 0.0)),
-        )
+    def preset_eval(self) -> A.Compose:
+        return augment.detection_eval(self.cfg.image_size, self.norm.mean, self.norm.std)
+
+    def adapt_train(self, custom: A.Compose) -> A.Compose:
+        return augment.with_boxes(custom, augment.bbox_params(self.cfg.min_visibility, self.cfg.min_box_size))
+
+    def adapt_eval(self, custom: A.Compose) -> A.Compose:
+        return augment.with_boxes(custom, augment.bbox_params(0.0, 0.0))
 
     # ---- data --------------------------------------------------------------------------------------------
     def _read(self) -> tuple[Split, Split | None]:

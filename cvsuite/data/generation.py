@@ -106,6 +106,7 @@ class GenerationDataModule(ContractDataModule):
         self.skipped: list[tuple[Path, str]] = []
 
     def contract(self) -> dict[str, Any]:
+        # Real images are only resized: there is no eval pipeline to store.
         return {"class_names": list(self.class_names or []) if self.cfg.conditional else []}
 
     @property

@@ -514,32 +514,17 @@ class SegmentationDataModule(ContractDataModule):
         return len(self.class_names or [])
 
     def contract(self) -> dict[str, Any]:
-        return {
-            "class_names": list(self.class_names or []),
-            "ignore_index": self.ignore_index,
-            # JSON-able: YAML may give int keys; a checkpoint stores them as they are.
-            "value_map": dict(self.value_map) if self.value_map else None,
-            "eval_pipeline": augment.to_dict(self.eval_pipeline()),
-        }
+        # value_map as given (YAML may give int keys; the checkpoint stores them as they are).
+        return {**super().contract(), "ignore_index": self.ignore_index, "value_map": self.value_map}
 
-    def train_pipeline(self) -> A.Compose:
+    def preset_train(self) -> A.Compose:
         cfg = self.cfg
-        return augment.choose(
-            None,
-            cfg.train_transforms,
-            "data.train_transforms",
-            lambda: augment.segmentation_train(
-                cfg.augment, cfg.crop_size, cfg.image_size, self.norm.mean, self.norm.std, self.ignore_index
-            ),
+        return augment.segmentation_train(
+            cfg.augment, cfg.crop_size, cfg.image_size, self.norm.mean, self.norm.std, self.ignore_index
         )
 
-    def eval_pipeline(self) -> A.Compose:
-        return augment.choose(
-            self.fact("eval_pipeline"),
-            self.cfg.val_transforms,
-            "data.val_transforms",
-            lambda: augment.segmentation_eval(self.cfg.image_size, self.norm.mean, self.norm.std),
-        )
+    def preset_eval(self) -> A.Compose:
+        return augment.segmentation_eval(self.cfg.image_size, self.norm.mean, self.norm.std)
 
     # ---- classes and value decoding ------------------------------------------------------------------------
     def _resolve_classes(self, train: Split, stats: MaskStats) -> None:

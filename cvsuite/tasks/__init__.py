@@ -15,7 +15,7 @@ class TaskSpec:
 
     Attributes:
         data_config / model_config: dataclasses of the recipe's ``data:`` and ``model:`` sections.
-        module_class: the LightningModule (a `BaseTask`); ``load_from_checkpoint`` must rebuild it.
+        module_class: the LightningModule (a `BaseTask`, except the GAN's); ``load_from_checkpoint`` must rebuild it.
         build_datamodule: ``(cfg, stored=None, split="val") -> ContractDataModule``. `stored` is the datamodule
             state of a checkpoint (`cvsuite.data.base`): its class names, preprocessing and validation files win
             over the data.
@@ -28,6 +28,7 @@ class TaskSpec:
         eval_keys: ``section.key`` settings of this task that eval/predict may override besides the common ones
             (`cvsuite.run.EVAL_KEYS`): they change what is reported, not the trained model.
         apply_eval_settings: ``(module, cfg) -> None`` applies those settings to a loaded module.
+        callbacks: ``(run_dir) -> list[Callback]``: the task's own training callbacks (the GAN's sample grid).
     """
 
     data_config: type
@@ -41,6 +42,7 @@ class TaskSpec:
     mode: str
     eval_keys: tuple[str, ...] = ()
     apply_eval_settings: Callable[..., None] | None = None
+    callbacks: Callable[..., list[Any]] | None = None
 
 
 # The recipe's ``task:`` value -> module under cvsuite/tasks holding its SPEC. Imported on use, so a user of one

@@ -12,11 +12,12 @@ import torch
 from timm.data import Mixup
 
 from cvsuite import augment
+from cvsuite.data.base import class_weights, inference_pipeline
 from cvsuite.data.classification import ClassificationDataConfig, ClassificationDataModule
 from cvsuite.data.common import read_image
 from cvsuite.losses import build_loss
 from cvsuite.metrics.classification import ClassificationMetrics
-from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone
+from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
 from cvsuite.models.heads import ClassifierHead
 from cvsuite.tasks import TaskSpec
 from cvsuite.tasks.base import BaseTask
@@ -55,7 +56,7 @@ class ClassificationTask(BaseTask):
         multilabel: bool = False,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
-        eval_pipeline: dict[str, Any] | None = None,
+        eval_pipeline: dict[str, Any] | None = None,  # checkpoints before the data contract only
         image_size: int = 224,
     ) -> None:
         super().__init__(optim, finetune)
@@ -124,9 +125,11 @@ class ClassificationTask(BaseTask):
         return torch.cat(out)
 
     def eval_pipeline(self):
-        import albumentations as A
-
-        return A.from_dict(self.hparams.eval_pipeline)
+        """The checkpoint's preprocessing (its data contract); the backbone's default for a fresh module."""
+        norm = data_config(self.hparams.backbone, self.hparams.image_size)
+        return inference_pipeline(
+            self, lambda: augment.classification_eval(self.hparams.image_size, norm.mean, norm.std, norm.crop_pct)
+        )
 
 
 # ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
@@ -134,17 +137,9 @@ def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "va
     return ClassificationDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed, stored=stored, split=split)
 
 
-def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[float] | None:
-    if spec is None:
-        return None
-    if spec == "balanced":
-        return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
-    return [float(x) for x in spec]
-
-
 def build_module(cfg, dm: ClassificationDataModule) -> ClassificationTask:
     model = asdict(cfg.model)
-    model["class_weights"] = _class_weights(model["class_weights"], dm.class_counts())
+    model["class_weights"] = class_weights(model["class_weights"], dm.class_counts())
     return ClassificationTask(
         class_names=dm.class_names,
         optim=asdict(cfg.optim),
@@ -152,7 +147,6 @@ def build_module(cfg, dm: ClassificationDataModule) -> ClassificationTask:
         multilabel=bool(dm.multilabel),
         mixup_alpha=cfg.data.mixup_alpha,
         cutmix_alpha=cfg.data.cutmix_alpha,
-        eval_pipeline=augment.to_dict(dm.eval_pipeline()),
         image_size=cfg.data.image_size,
         **model,
     )

@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cvsuite import augment
+from cvsuite.data.base import inference_pipeline
 from cvsuite.data.common import read_image
 from cvsuite.data.detection import DetectionDataConfig, DetectionDataModule
 from cvsuite.metrics.detection import STAT_KEYS, DetectionEvaluator
@@ -22,18 +23,6 @@ from cvsuite.tasks import TaskSpec
 from cvsuite.tasks.base import BaseTask
 
 MOSAIC_IMAGES = 8
-COLOURS = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-)
 
 
 @dataclass
@@ -73,7 +62,7 @@ class DetectionTask(BaseTask):
         draw_score_thresh: float = 0.5,
         eval_backend: str = "pycocotools",
         image_size: int = 512,
-        eval_pipeline: dict[str, Any] | None = None,
+        eval_pipeline: dict[str, Any] | None = None,  # checkpoints before the data contract only
     ) -> None:
         super().__init__(optim, finetune)
         self.save_hyperparameters()
@@ -160,18 +149,14 @@ class DetectionTask(BaseTask):
 
     # ---- inference ---------------------------------------------------------------------------------------
     def eval_pipeline(self):
-        """The checkpoint's preprocessing; a module built without one uses the default for its backbone."""
-        import albumentations as A
-
-        if self.hparams.eval_pipeline:
-            return A.from_dict(self.hparams.eval_pipeline)
+        """The checkpoint's preprocessing (its data contract); the backbone's default for a fresh module."""
         norm = data_config(self.hparams.backbone)
-        return augment.detection_eval(self.hparams.image_size, norm.mean, norm.std)
+        return inference_pipeline(self, lambda: augment.detection_eval(self.hparams.image_size, norm.mean, norm.std))
 
     def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
-        """A normalised (3, H, W) tensor back to HWC uint8, with the mean/std of the eval pipeline."""
+        """A normalised (3, H, W) tensor back to HWC uint8, with the backbone's mean/std."""
         if self._norm is None:
-            norm = next(t for t in self.eval_pipeline().transforms if type(t).__name__ == "Normalize")
+            norm = data_config(self.hparams.backbone)
             self._norm = (tuple(norm.mean), tuple(norm.std))
         mean = torch.tensor(self._norm[0], dtype=image.dtype, device=image.device).view(3, 1, 1)
         std = torch.tensor(self._norm[1], dtype=image.dtype, device=image.device).view(3, 1, 1)
@@ -208,27 +193,6 @@ def _cpu(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu() if k != "labels" else v.detach().cpu() for k, v in d.items()}
 
 
-def draw_boxes(
-    image: np.ndarray,
-    boxes: np.ndarray | torch.Tensor,
-    labels: np.ndarray | torch.Tensor,
-    class_names: list[str],
-    scores: np.ndarray | torch.Tensor | None = None,
-) -> np.ndarray:
-    """HWC uint8 image with xyxy `boxes` outlined in the colour of their class and captioned 'name score'."""
-    img = Image.fromarray(image).convert("RGB")
-    draw = ImageDraw.Draw(img)
-    width = max(1, round(max(img.size) / 250))
-    for i, (box, label) in enumerate(zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist())):
-        colour = COLOURS[int(label) % len(COLOURS)]
-        draw.rectangle(box, outline=colour, width=width)
-        text = class_names[int(label)] + (f" {float(scores[i]):.2f}" if scores is not None else "")
-        x, y = box[0], max(0, box[1] - 11)
-        draw.rectangle(draw.textbbox((x, y), text), fill=colour)
-        draw.text((x, y), text, fill=(255, 255, 255))
-    return np.asarray(img)
-
-
 def apply_eval_settings(module: DetectionTask, cfg) -> None:
     """Score threshold, NMS IoU, detections and metric backend from the (possibly overridden) recipe: they
     change what eval and predict report, not the trained weights, so a checkpoint can be re-scored."""
@@ -251,7 +215,6 @@ def build_module(cfg, dm: DetectionDataModule) -> DetectionTask:
         optim=asdict(cfg.optim),
         finetune=asdict(cfg.finetune),
         image_size=cfg.data.image_size,
-        eval_pipeline=augment.to_dict(dm.eval_pipeline()),
         **asdict(cfg.model),
     )
 
@@ -268,6 +231,8 @@ def _output_names(paths: list[Path]) -> list[str]:
 
 
 def predict(module: DetectionTask, paths: list[Path], output: Path, cfg=None) -> Path:
+    from cvsuite.plots import draw_boxes
+
     """Detections per image -> ``output/detections.json`` and ``output/<image>.jpg`` with boxes drawn.
 
     JSON: a list of ``{"path", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class_id",
@@ -303,7 +268,7 @@ def predict(module: DetectionTask, paths: list[Path], output: Path, cfg=None) ->
 def save_plots(module: DetectionTask, run_dir: Path) -> list[Path]:
     """PR curve per class (IoU 0.5), mAP per epoch (from metrics.csv), and validation images: ground truth
     next to predictions."""
-    from cvsuite.plots import image_grid, pr_curve_plot, read_metrics_csv
+    from cvsuite.plots import draw_boxes, image_grid, map_plot, pr_curve_plot, read_metrics_csv
 
     if not module.last_metrics:
         return []
@@ -326,26 +291,8 @@ def save_plots(module: DetectionTask, run_dir: Path) -> list[Path]:
         out.append(image_grid(tiles, captions, run_dir / "val_predictions.png", cols=4))
     cols = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else {}
     if "val_map" in cols:
-        out.append(_map_plot(cols, run_dir / "map.png"))
+        out.append(map_plot(cols, run_dir / "map.png"))
     return out
-
-
-def _map_plot(cols: dict[str, list[float]], path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.8))
-    for key in ("val_map", "val_map_50", "val_map_75"):
-        if key in cols:
-            ax.plot(cols["epoch"], cols[key], "o-", markersize=3, label=key.removeprefix("val_"))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("COCO AP")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 SPEC = TaskSpec(

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule
@@ -31,7 +33,6 @@ from cvsuite.models.generation import (
 )
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 from cvsuite.tasks import TaskSpec
-from cvsuite.tasks.base import BaseTask
 
 log = logging.getLogger("cvsuite")
 DISCRIMINATORS = ("projected", "dcgan")
@@ -78,11 +79,14 @@ def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
         )
 
 
-class GenerationTask(BaseTask):
+class GenerationTask(L.LightningModule):
     """GAN system: generator, discriminator, EMA generator, DiffAugment; two optimisers stepped by hand.
 
     ``self.backbone`` is the projected discriminator's frozen pretrained trunk (an empty module for the DCGAN
     discriminator). ``forward(z, labels)`` samples from the EMA generator: (N, 3, S, S) in [-1, 1].
+
+    Not a `BaseTask`: the trunk stays frozen for the whole run, so none of the fine-tuning schedule (unfreezing,
+    backbone lr, layer decay, L1 on a head) applies; `_check_no_finetune` refuses those keys instead.
     """
 
     def __init__(
@@ -114,10 +118,12 @@ class GenerationTask(BaseTask):
         grid_size: int = 64,
         seed: int = 42,
     ) -> None:
-        super().__init__(optim, finetune)
+        super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         _check_no_finetune(optim, finetune)
+        self.optim_cfg = dict(optim)
+        self.last_metrics: dict[str, Any] = {}  # the full metric dict of the last validation; eval.py reads it
         discriminator_loss([torch.zeros(1)], [torch.zeros(1)], loss)  # fail on an unknown loss now, not at step 1
         self.num_classes = len(class_names) if class_names else 0
         self.generator = create_generator(
@@ -135,6 +141,7 @@ class GenerationTask(BaseTask):
         else:
             raise KeyError(f"model.discriminator: unknown '{discriminator}'. Choose one of {', '.join(DISCRIMINATORS)}")
         self._no_backbone = nn.Identity()
+        self.backbone.requires_grad_(False)  # frozen for the whole run; gradients still flow through to the images
         self.augment = DiffAugment(diffaugment)
         # Fixed noise, stored in the checkpoint: the grid of every epoch (and of a resumed run) shows the same seeds.
         noise = torch.randn(grid_size, latent_dim, generator=torch.Generator().manual_seed(seed))
@@ -149,11 +156,9 @@ class GenerationTask(BaseTask):
         """The projected discriminator's frozen pretrained trunk (an empty module for the DCGAN discriminator)."""
         return getattr(self.discriminator, "backbone", self._no_backbone)
 
-    def backbone_frozen(self, epoch: int | None = None) -> bool:
-        return True
-
     def train(self, mode: bool = True) -> GenerationTask:
         super().train(mode)
+        self.backbone.eval()  # a frozen feature network: BatchNorm statistics stay those of pretraining
         self.generator_ema.eval()
         return self
 
@@ -268,11 +273,17 @@ class GenerationTask(BaseTask):
         self._real_cached = not self.trainer.sanity_checking
         self.log("val_fid", self.last_metrics["fid"], prog_bar=True)
         self.log("val_kid", self.last_metrics["kid"], prog_bar=True)
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            save_grid(
-                self.sample_grid(),
-                Path(self.trainer.default_root_dir) / "samples" / f"epoch_{self.current_epoch:03d}.png",
-            )
+
+
+class SampleGrid(Callback):
+    """After each validation of a fit, the fixed-noise grid of the EMA generator as ``samples/epoch_NNN.png``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = Path(run_dir) / "samples"
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: GenerationTask) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.is_global_zero:
+            save_grid(module.sample_grid(), self.folder / f"epoch_{trainer.current_epoch:03d}.png")
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -363,38 +374,10 @@ def predict(module: GenerationTask, paths: list[Path], output: Path, cfg=None, s
     return save_grid(sample_images(module, min(64, len(paths)), seed), output / "samples.png")
 
 
-def gan_curves_plot(metrics_csv: Path, out: Path) -> Path:
-    """G and D losses, FID (and KID) and the discriminator's mean logits on reals and fakes, per epoch."""
-    from cvsuite.plots import plt, read_metrics_csv  # cvsuite.plots selects the display-free backend first
-
-    cols = read_metrics_csv(metrics_csv)
-    epochs = cols.get("epoch", [])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    panels = [
-        ("G / D loss", ["train_g_loss", "train_d_loss"]),
-        ("FID (left), KID (right)", ["val_fid"]),
-        ("D logits", ["train_d_real", "train_d_fake"]),
-    ]
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            if key in cols:
-                ax.plot(epochs, cols[key], "o-", markersize=3, label=key)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    if "val_kid" in cols:
-        twin = axes[1].twinx()
-        twin.plot(epochs, cols["val_kid"], "s--", color="tab:orange", markersize=3, label="val_kid")
-        twin.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 def save_plots(module: GenerationTask, run_dir: Path) -> list[Path]:
     """samples.png: the fixed-noise grid of the evaluated checkpoint; gan_curves.png: losses and FID per epoch."""
+    from cvsuite.plots import gan_curves_plot
+
     out = [save_grid(module.sample_grid(), run_dir / "samples.png")]
     if (run_dir / "metrics.csv").exists():
         out.append(gan_curves_plot(run_dir / "metrics.csv", run_dir / "gan_curves.png"))
@@ -411,4 +394,5 @@ SPEC = TaskSpec(
     save_plots=save_plots,
     monitor="val_fid",
     mode="min",
+    callbacks=lambda run_dir: [SampleGrid(run_dir)],
 )

@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cvsuite import augment
+from cvsuite.data.base import class_weights, inference_pipeline
 from cvsuite.data.common import read_image
 from cvsuite.data.segmentation import SegmentationDataConfig, SegmentationDataModule
 from cvsuite.metrics.segmentation import SegmentationMetrics
-from cvsuite.models.backbone import DEFAULT_BACKBONE
+from cvsuite.models.backbone import DEFAULT_BACKBONE, data_config
 from cvsuite.models.segmentation import SegmentationLoss, SegmentationNet
 from cvsuite.tasks import TaskSpec
 from cvsuite.tasks.base import BaseTask
@@ -60,8 +62,8 @@ class SegmentationTask(BaseTask):
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         ignore_index: int = 255,
-        value_map: dict[Any, int] | None = None,
-        eval_pipeline: dict[str, Any] | None = None,
+        value_map: dict[Any, int] | None = None,  # checkpoints before the data contract only
+        eval_pipeline: dict[str, Any] | None = None,  # checkpoints before the data contract only
     ) -> None:
         super().__init__(optim, finetune)
         self.save_hyperparameters()
@@ -116,7 +118,9 @@ class SegmentationTask(BaseTask):
                 self.log(f"val_{key}", self.last_metrics[key], prog_bar=key == "miou")
 
     def eval_pipeline(self) -> A.Compose:
-        return A.from_dict(self.hparams.eval_pipeline)
+        """The checkpoint's preprocessing (its data contract); the backbone's default for a fresh module."""
+        norm = data_config(self.hparams.backbone)
+        return inference_pipeline(self, lambda: augment.segmentation_eval(None, norm.mean, norm.std))
 
     @torch.no_grad()
     def predict_image(self, image: np.ndarray) -> np.ndarray:
@@ -139,64 +143,22 @@ def _small(mask: torch.Tensor) -> np.ndarray:
     return mask.to(torch.int32).cpu().numpy().astype(np.uint16)
 
 
-# ---- colours ------------------------------------------------------------------------------------------------------
-def palette(num_classes: int) -> np.ndarray:
-    """(C, 3) uint8, PASCAL VOC's colour map (class 0 black, 1 dark red, 2 green, ...): familiar to most users."""
-    colours = np.zeros((num_classes, 3), dtype=np.uint8)
-    for i in range(num_classes):
-        c, r, g, b = i, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colours[i] = (r, g, b)
-    return colours
-
-
-def colorize(mask: np.ndarray, colours: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
-    """(H, W) ids -> (H, W, 3) uint8; ignored pixels white."""
-    out = colours[np.clip(mask, 0, len(colours) - 1)]
-    if ignore_index is not None:
-        out[mask == ignore_index] = 255
-    return out
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Class colours blended over the image; class 0 (background in nearly every dataset) is left untinted."""
-    out = image.astype(np.float32).copy()
-    tint = mask > 0
-    out[tint] = (1 - alpha) * out[tint] + alpha * colours[mask[tint]].astype(np.float32)
-    return out.round().astype(np.uint8)
-
-
 # ---- the pieces cvsuite.run needs ---------------------------------------------------------------------------------
 def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "val") -> SegmentationDataModule:
     return SegmentationDataModule(cfg.data, cfg.model.backbone, seed=cfg.run.seed, stored=stored, split=split)
 
 
-def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[float] | None:
-    if spec is None:
-        return None
-    if spec == "balanced":
-        # Inverse pixel frequency, normalised so a perfectly balanced dataset gets all ones.
-        return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
-    return [float(x) for x in spec]
-
-
 def build_module(cfg, dm: SegmentationDataModule) -> SegmentationTask:
     model = asdict(cfg.model)
     if model["class_weights"] == "balanced":
-        model["class_weights"] = _class_weights("balanced", dm.class_pixel_counts())
+        model["class_weights"] = class_weights("balanced", dm.class_pixel_counts())
     else:
-        model["class_weights"] = _class_weights(model["class_weights"], np.zeros(0))
+        model["class_weights"] = class_weights(model["class_weights"], np.zeros(0))
     return SegmentationTask(
         class_names=dm.class_names,
         optim=asdict(cfg.optim),
         finetune=asdict(cfg.finetune),
         ignore_index=dm.ignore_index,
-        value_map=dm.value_map,
-        eval_pipeline=A.to_dict(dm.eval_pipeline()),
         **model,
     )
 
@@ -211,6 +173,8 @@ def predict(module: SegmentationTask, paths: list[Path], output: Path, cfg=None,
     """Per image: ``masks/<stem>.png`` (class ids as gray values, the image's size) and ``overlays/<stem>.png``
     (class colours over the image); ``predictions.csv`` lists them with each class's share of the pixels, and
     ``palette.json`` gives the overlay colour of each class."""
+    from cvsuite.plots import overlay, palette
+
     names = list(module.hparams.class_names)
     colours = palette(len(names))
     (output / "masks").mkdir(parents=True, exist_ok=True)
@@ -233,50 +197,9 @@ def predict(module: SegmentationTask, paths: list[Path], output: Path, cfg=None,
 
 
 # ---- figures ------------------------------------------------------------------------------------------------------
-def per_class_iou_plot(per_class: dict[str, float | None], out: Path) -> Path:
-    from cvsuite.plots import plt
-
-    names = list(per_class)
-    values = [np.nan if v is None else v for v in per_class.values()]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.4 * len(names) + 2), 3.6))
-    ax.bar(range(len(names)), values, color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("IoU")
-    ax.set_title(f"per-class IoU (mIoU {np.nanmean(values):.3f})" if not np.isnan(values).all() else "per-class IoU")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def mosaic_plot(
-    examples: list[tuple[str, np.ndarray, np.ndarray]], colours: np.ndarray, ignore_index: int, out: Path
-) -> Path:
-    """One row per example: image, truth, prediction."""
-    from cvsuite.plots import plt
-
-    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
-    for row, (path, truth, pred) in zip(axes, examples):
-        image = np.asarray(Image.fromarray(read_image(path)).resize(truth.shape[::-1], Image.BILINEAR))
-        for ax, panel, title in zip(
-            row,
-            (image, colorize(truth, colours, ignore_index), colorize(pred, colours)),
-            (Path(path).name, "truth", "prediction"),
-        ):
-            ax.imshow(panel)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 def save_plots(module: SegmentationTask, run_dir: Path) -> list[Path]:
     """per_class_iou.png, confusion_matrix.png (percent of each true class's pixels) and examples.png."""
-    from cvsuite.plots import confusion_matrix_plot
+    from cvsuite.plots import confusion_matrix_plot, mosaic_plot, palette, per_class_iou_plot
 
     m = module.last_metrics
     if not m:
