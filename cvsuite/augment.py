@@ -181,6 +181,6 @@ def to_dict(pipeline: A.Compose) -> dict[str, Any]:
 def seed_pipelines(dataset: Any, seed: int) -> None:
     """albumentations 2 draws from its own generator, which ``seed_everything`` does not reach: seed every
     pipeline a dataset holds (attributes with ``set_random_seed``)."""
-    for value in vars(dataset).values():
+    for value in getattr(dataset, "__dict__", {}).values():  # plain sequences hold no pipelines
         if hasattr(value, "set_random_seed"):
             value.set_random_seed(seed % 2**32)

@@ -207,3 +207,35 @@ def test_generation_loader_is_reproducible(tmp_path):
 
     assert torch.equal(first_batch(3), first_batch(3))
     assert not torch.equal(first_batch(3), first_batch(4))
+
+
+def test_predict_refuses_an_override_that_cannot_change_the_model(run_without_val, tmp_path, capsys):
+    from tools.predict import main
+
+    root, ckpt = run_without_val
+    image = next((root / "train").rglob("*.png"))
+    assert main(["--ckpt", str(ckpt), "--input", str(image), "--output", str(tmp_path / "p")]) == 0
+    assert (
+        main(["--ckpt", str(ckpt), "--input", str(image), "--output", str(tmp_path / "q"), "--data.image_size", "64"])
+        == 2
+    )
+    assert "data.image_size: cannot change a trained model" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
+def test_validation_loader_under_ddp_does_not_pad(tmp_path):
+    """With torch.distributed initialised, validation gets a sampler that gives each image to one rank only."""
+    import torch.distributed as dist
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    from cvsuite.data.common import make_loader
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        dataset = list(range(5))
+        loader = make_loader(dataset, batch_size=2, train=False, num_workers=0)
+        assert isinstance(loader.sampler, UnrepeatedDistributedSampler)
+        assert sorted(i for batch in loader for i in batch.tolist()) == dataset
+        assert not isinstance(make_loader(dataset, 2, train=True, num_workers=0).sampler, UnrepeatedDistributedSampler)
+    finally:
+        dist.destroy_process_group()
