@@ -12,6 +12,8 @@ from typing import Any
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
+from cvsuite.config import ConfigError
+
 PRESETS = ("none", "light", "strong")
 
 
@@ -31,7 +33,7 @@ def train_transforms(
         compose: extra ``A.Compose`` arguments, e.g. ``bbox_params``.
     """
     if preset not in PRESETS:
-        raise ValueError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(PRESETS)}")
     if preset == "none":
         ops: list[A.BasicTransform] = [A.Resize(size, size)]
     else:
@@ -64,7 +66,7 @@ def from_config(spec: dict[str, Any] | None, key: str) -> A.Compose | None:
     try:
         return A.from_dict(spec)
     except Exception as err:
-        raise ValueError(
+        raise ConfigError(
             f"{key}: not a valid albumentations pipeline ({err}). Write it as albumentations serialises it: "
             "A.to_dict(A.Compose([...])), i.e. {'transform': {'__class_fullname__': 'Compose', 'transforms': [...]}}"
         ) from err

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvsuite.config import ChoiceError, ConfigError
 from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule
 from cvsuite.metrics.generation import BackboneFeatures, GenerationMetrics
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
@@ -72,7 +73,7 @@ def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
     }
     bad = [k for k, v in ignored.items() if v]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"{', '.join(bad)} do(es) not apply to the GAN: the discriminator's backbone stays frozen for the whole "
             "run (training it lets the discriminator win). Remove the key(s)."
         )
@@ -133,7 +134,9 @@ class GenerationTask(BaseTask):
         elif discriminator == "dcgan":
             self.discriminator = DCGANDiscriminator(image_size, d_channels, num_classes=self.num_classes)
         else:
-            raise KeyError(f"model.discriminator: unknown '{discriminator}'. Choose one of {', '.join(DISCRIMINATORS)}")
+            raise ChoiceError(
+                f"model.discriminator: unknown '{discriminator}'. Choose one of {', '.join(DISCRIMINATORS)}"
+            )
         self._no_backbone = nn.Identity()
         self.augment = DiffAugment(diffaugment)
         # Fixed noise, stored in the checkpoint: the grid of every epoch (and of a resumed run) shows the same seeds.
@@ -299,10 +302,12 @@ def sample_images(
         class_name: conditional models only; by default the samples cycle through the classes.
     """
     if num < 1:
-        raise ValueError(f"--num must be >= 1, got {num}")
+        raise ConfigError(f"--num must be >= 1, got {num}")
     names = list(module.hparams.class_names or [])
     if class_name is not None and class_name not in names:
-        raise ValueError(f"--class {class_name!r} is not a class of this model ({', '.join(names) or 'unconditional'})")
+        raise ConfigError(
+            f"--class {class_name!r} is not a class of this model ({', '.join(names) or 'unconditional'})"
+        )
     module.eval()
     z_all = torch.randn(num, module.hparams.latent_dim, generator=torch.Generator().manual_seed(seed))
     out = []
@@ -344,7 +349,7 @@ def build_datamodule(cfg, module: GenerationTask | None = None) -> GenerationDat
 
 def build_module(cfg, dm: GenerationDataModule) -> GenerationTask:
     if cfg.run.ema_decay is not None:
-        raise ValueError(
+        raise ConfigError(
             "run.ema_decay does not apply to the GAN (it would average the discriminator too); use model.ema_decay"
         )
     return GenerationTask(

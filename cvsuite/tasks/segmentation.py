@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cvsuite.config import ConfigError
 from cvsuite.data.common import read_image
 from cvsuite.data.segmentation import SegmentationDataConfig, SegmentationDataModule
 from cvsuite.metrics.segmentation import SegmentationMetrics
@@ -66,7 +67,7 @@ class SegmentationTask(BaseTask):
         super().__init__(optim, finetune)
         self.save_hyperparameters()
         if class_weights and len(class_weights) != len(class_names):
-            raise ValueError(f"model.class_weights has {len(class_weights)} values for {len(class_names)} classes")
+            raise ConfigError(f"model.class_weights has {len(class_weights)} values for {len(class_names)} classes")
         self.net = SegmentationNet(
             len(class_names), backbone, decoder, decoder_width, pretrained, weights, drop_path_rate
         )
@@ -193,7 +194,7 @@ def _class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[f
         # Inverse pixel frequency, normalised so a perfectly balanced dataset gets all ones.
         return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
     if isinstance(spec, str):
-        raise ValueError(f"model.class_weights: '{spec}' is not 'balanced' or a list of numbers")
+        raise ConfigError(f"model.class_weights: '{spec}' is not 'balanced' or a list of numbers")
     return [float(x) for x in spec]
 
 
