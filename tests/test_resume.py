@@ -137,6 +137,7 @@ def test_detection_resume_is_exact(tmp_path, monkeypatch):
     assert_same_run(full, cut)
 
 
+@pytest.mark.slow  # FID/KID every epoch: ~10 s on an idle machine
 def test_generation_resume_is_exact_with_both_optimisers(tmp_path, monkeypatch):
     data = blob_images(tmp_path / "data" / "train", n=8)
     recipe = gan_recipe(data.parent, tmp_path, _feature_weights(tmp_path), trainer={"max_epochs": 3})
@@ -155,6 +156,7 @@ def test_generation_resume_is_exact_with_both_optimisers(tmp_path, monkeypatch):
             torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # a second Python process, importing torch
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_real_signal_stops_train_py_cleanly_and_the_resume_is_exact(tmp_path, signum):
     import yaml
