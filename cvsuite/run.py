@@ -26,7 +26,7 @@ import yaml
 
 from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint
 from cvsuite.config import Config, ConfigError, load_config
-from cvsuite.data.common import DatasetError, list_images
+from cvsuite.data.common import DatasetError, drop_unreadable, list_images
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
 from cvsuite.trainer import build_trainer, interrupted
@@ -172,8 +172,15 @@ def predict(
         paths = [inputs]
     else:
         raise ConfigError(f"--input {inputs}: no such file or folder")
+    paths, skipped = drop_unreadable(paths)  # warns per file; the others are still predicted
+    if not paths:
+        raise DatasetError(f"--input {inputs}: no readable image ({skipped[0][0]}: {skipped[0][1]})")
     if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"):
         module = module.cuda()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return spec.predict(module.eval(), paths, Path(output), cfg, **options)
+        result = spec.predict(module.eval(), paths, Path(output), cfg, **options)
+    if skipped:
+        report = [{"path": str(p), "reason": reason} for p, reason in skipped]
+        (Path(output) / "skipped.json").write_text(json.dumps(report, indent=2))
+    return result

@@ -5,6 +5,7 @@ without validation runs with a note instead of Lightning's RuntimeError."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import yaml
 from cvsuite import cli
 from cvsuite.checkpoint import CONFIG_KEY, CheckpointError, read_checkpoint
 from cvsuite.config import from_dict
-from cvsuite.run import train
+from cvsuite.run import predict, train
 from tests.conftest import tiny_recipe, write_class_folders
 from tests.test_detection_tools import tool
 
@@ -141,3 +142,19 @@ def test_training_without_validation_steps_aside_from_early_stopping_and_best(tm
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1  # both epochs ran
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["checkpoint"].endswith("last.ckpt")
+
+
+def test_predict_skips_an_unreadable_file_and_reports_it(run, tmp_path):
+    tmp, _, run_dir = run
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = sorted((tmp / "data" / "val").rglob("*.png"))[:2]
+    for p in good:
+        (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.warns(UserWarning, match="broken.png"):
+        predict(run_dir / "checkpoints" / "best.ckpt", folder, tmp_path / "out")
+    rows = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(f"{p.parent.name}_{p.name}" for p in good)
+    skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert [Path(s["path"]).name for s in skipped] == ["broken.png"] and skipped[0]["reason"]
