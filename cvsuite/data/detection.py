@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cvsuite import transforms as T
+from cvsuite.config import ConfigError
 from cvsuite.data.common import (
     DatasetError,
     drop_unreadable,
@@ -597,7 +598,7 @@ def train_pipeline(preset: str, size: int, mean, std, min_visibility: float = 0.
     strong: scale jitter 0.5-1.5, stronger colour, grey and blur.
     """
     if preset not in PRESETS:
-        raise ValueError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(PRESETS)}")
     fill = tuple(int(round(m * 255)) for m in mean)
     ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=size, area_for_downscale="image")]
     if preset == "none":
@@ -691,7 +692,7 @@ class DetectionDataModule(L.LightningDataModule):
         """Args beyond the config come from a checkpoint: its class order and preprocessing win."""
         super().__init__()
         if cfg.image_size % 32:
-            raise ValueError(
+            raise ConfigError(
                 f"data.image_size must be a multiple of 32 (the deepest feature stride), got {cfg.image_size}"
             )
         self.cfg = cfg

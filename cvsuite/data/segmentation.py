@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from cvsuite import transforms as T
+from cvsuite.config import ConfigError
 from cvsuite.data.common import (
     IMAGE_EXTENSIONS,
     DatasetError,
@@ -396,7 +397,7 @@ def train_transforms(preset: str, crop_size: int, image_size: int | None, mean, 
     for masks); padding and rotation borders are filled with `ignore_index`, so they count for nothing.
     """
     if preset not in AUGMENT_PRESETS:
-        raise ValueError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(AUGMENT_PRESETS)}")
+        raise ConfigError(f"data.augment: unknown preset '{preset}'. Choose one of {', '.join(AUGMENT_PRESETS)}")
     ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
     if preset != "none":
         ops.append(A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0))
