@@ -23,6 +23,8 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from cvsuite.config import ConfigError
+
 PRESETS = ("none", "light", "strong")
 
 
@@ -150,7 +152,7 @@ def from_config(spec: dict[str, Any] | None, key: str) -> A.Compose | None:
     try:
         return A.from_dict(spec)
     except Exception as err:
-        raise ValueError(
+        raise ConfigError(
             f"{key}: not a valid albumentations pipeline ({err}). Write it as albumentations serialises it: "
             "A.to_dict(A.Compose([...])), i.e. {'transform': {'__class_fullname__': 'Compose', 'transforms': [...]}}"
         ) from err

@@ -6,15 +6,20 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
+from cvsuite.checkpoint import CheckpointError
 from cvsuite.config import ConfigError
 from cvsuite.data.common import DatasetError
 from cvsuite.models.backbone import WeightsNotFoundError
+from cvsuite.trainer import TrainingInterrupted
 
-# Errors that are the user's to fix: print the message, not a traceback.
-USER_ERRORS = (ConfigError, DatasetError, WeightsNotFoundError, FileNotFoundError, ValueError, KeyError)
+# Our own error types: the user's to fix, so print the message, not a traceback. Any other exception is a bug in
+# cvsuite (or a library) and keeps its traceback.
+USER_ERRORS = (ConfigError, DatasetError, WeightsNotFoundError, CheckpointError)
+BUG_NOTE = "This is a bug in cvsuite, not in your input: please report it with the traceback above."
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -24,14 +29,21 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argp
 
 
 def main_wrapper(fn: Callable[[], Any]) -> int:
-    """Run `fn`; a user error exits 2 with its message instead of a traceback."""
+    """Run `fn`; our own errors exit 2 with `error: message`, an interrupted training run exits 128 + the signal
+    number (130 SIGINT, 143 SIGTERM) saying how to resume, anything else exits 1 with its traceback."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         fn()
     except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except Exception:
+        traceback.print_exc()
+        print(f"\n{BUG_NOTE}", file=sys.stderr)
+        return 1
     return 0
 
 

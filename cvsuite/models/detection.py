@@ -3,24 +3,29 @@ Faster R-CNN. The losses, matching, box coding and NMS are torchvision's; this m
 
 Boxes everywhere are xyxy pixels; class labels are 0..K-1 (Faster R-CNN's background class 0 is handled here,
 so callers never see it). Images come in already normalised (the datamodule ends its pipelines with the
-backbone's normalisation), so torchvision's transform is set to mean 0 / std 1 and only pads the batch.
+backbone's normalisation), so torchvision's transform is set to mean 0 / std 1 and only pads the batch: to a fixed
+image_size x image_size canvas, so an image's detections do not depend on the other images in its batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from cvsuite.config import ConfigError
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, feature_channels, feature_reductions
 
 ARCHITECTURES = ("fcos", "retinanet", "faster_rcnn")
@@ -55,6 +60,35 @@ class TimmFPN(nn.Module):
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         features = self.body(x.contiguous(memory_format=torch.channels_last))
         return self.fpn(OrderedDict(zip(self.names, features)))
+
+
+class FixedCanvasTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform, padding every image to the same image_size x image_size canvas.
+
+    torchvision pads to the batch's largest image, so the same photo gets a different padded size (and so different
+    features, anchors and scores) next to a portrait than alone. The eval pipeline already fits the longest side to
+    image_size, and torchvision's resize with min_size = max_size = image_size leaves such images as they are;
+    padding to one canvas then makes each image's result independent of its batch. Larger images (none from our
+    pipelines) pad to the batch's largest size as before.
+    """
+
+    def __init__(self, image_size: int) -> None:
+        # mean 0 / std 1: the datamodule has normalised already; don't do it twice
+        super().__init__(image_size, image_size, image_mean=[0.0] * 3, image_std=[1.0] * 3)
+        self.canvas = image_size
+
+    def batch_images(self, images: list[Tensor], size_divisible: int = 32) -> Tensor:
+        if torchvision._is_tracing():
+            return super().batch_images(images, size_divisible)
+
+        def padded(sizes: list[int]) -> int:
+            return int(math.ceil(max([self.canvas, *sizes]) / size_divisible) * size_divisible)
+
+        height, width = padded([im.shape[-2] for im in images]), padded([im.shape[-1] for im in images])
+        batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+        for canvas, image in zip(batch, images):
+            canvas[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+        return batch
 
 
 def _one_stage_anchors(strides: Sequence[int], retina: bool) -> AnchorGenerator:
@@ -92,10 +126,10 @@ class Detector(nn.Module):
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
-            raise ValueError(f"model.architecture: unknown '{architecture}'. Choose one of {', '.join(ARCHITECTURES)}")
+            raise ConfigError(f"model.architecture: unknown '{architecture}'. Choose one of {', '.join(ARCHITECTURES)}")
         if architecture == "fcos" and (fpn_channels % 32 or fpn_channels < 64):
             # FCOS's head normalises with GroupNorm(32 groups), which needs 2+ values per group on a 1x1 P7 map.
-            raise ValueError(
+            raise ConfigError(
                 f"model.fpn_channels must be a multiple of 32 and at least 64 for fcos, got {fpn_channels}"
             )
         self.architecture = architecture
@@ -137,6 +171,7 @@ class Detector(nn.Module):
                 box_roi_pool=MultiScaleRoIAlign(trunk.names[: len(levels)], output_size=7, sampling_ratio=2),
                 **common,
             )
+        self.model.transform = FixedCanvasTransform(image_size)
         self.set_postprocess(score_thresh, nms_iou, max_detections)
 
     @property

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from cvsuite.config import ChoiceError, ConfigError
 from cvsuite.models.backbone import feature_channels
 
 
 def _check_size(image_size: int) -> int:
     levels = int(math.log2(image_size)) if image_size > 0 else 0
     if image_size < 16 or 2**levels != image_size:
-        raise ValueError(f"data.image_size must be a power of two >= 16 for the GAN, got {image_size}")
+        raise ConfigError(f"data.image_size must be a power of two >= 16 for the GAN, got {image_size}")
     return levels
 
 
@@ -152,7 +153,7 @@ GENERATORS = {"fastgan": FastGANGenerator, "dcgan": DCGANGenerator}
 
 def create_generator(name: str, **kwargs) -> nn.Module:
     if name not in GENERATORS:
-        raise KeyError(f"model.generator: unknown '{name}'. Choose one of {', '.join(GENERATORS)}")
+        raise ChoiceError(f"model.generator: unknown '{name}'. Choose one of {', '.join(GENERATORS)}")
     return GENERATORS[name](**kwargs)
 
 
@@ -219,7 +220,7 @@ class ProjectedDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         if projection not in ("learned", "fixed"):
-            raise ValueError(f"model.projection: unknown '{projection}'. Choose learned or fixed")
+            raise ConfigError(f"model.projection: unknown '{projection}'. Choose learned or fixed")
         self.backbone = backbone.requires_grad_(False).eval()
         self.input_size = input_size or image_size
         # Pixel values in [-1, 1] -> [0, 1] -> the backbone's normalisation, folded into one affine map.
@@ -346,7 +347,7 @@ class DiffAugment(nn.Module):
         self.policy = [p.strip() for p in policy.split(",") if p.strip()]
         unknown = [p for p in self.policy if p not in AUGMENTS]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"model.diffaugment: unknown {unknown}. Use a comma-separated subset of {', '.join(AUGMENTS)}"
             )
 
@@ -367,7 +368,7 @@ def discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor], kind:
         return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake))
     if kind == "nonsaturating":
         return sum(F.softplus(-r).mean() + F.softplus(f).mean() for r, f in zip(real, fake))
-    raise ValueError(f"model.loss: unknown '{kind}'. Choose one of {', '.join(LOSSES)}")
+    raise ConfigError(f"model.loss: unknown '{kind}'. Choose one of {', '.join(LOSSES)}")
 
 
 def generator_loss(fake: list[torch.Tensor], kind: str = "hinge") -> torch.Tensor:
@@ -375,4 +376,4 @@ def generator_loss(fake: list[torch.Tensor], kind: str = "hinge") -> torch.Tenso
         return sum(-f.mean() for f in fake)
     if kind == "nonsaturating":
         return sum(F.softplus(-f).mean() for f in fake)
-    raise ValueError(f"model.loss: unknown '{kind}'. Choose one of {', '.join(LOSSES)}")
+    raise ConfigError(f"model.loss: unknown '{kind}'. Choose one of {', '.join(LOSSES)}")

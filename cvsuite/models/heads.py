@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from cvsuite.config import ConfigError
+
 INITS = ("xavier", "he", "default")
 
 
 def init_new_layers(module: nn.Module, scheme: str = "xavier") -> None:
     """Xavier (Glorot) uniform or He (Kaiming) normal for conv/linear weights, zero biases."""
     if scheme not in INITS:
-        raise ValueError(f"model.head_init: unknown '{scheme}'. Choose one of {', '.join(INITS)}")
+        raise ConfigError(f"model.head_init: unknown '{scheme}'. Choose one of {', '.join(INITS)}")
     if scheme == "default":
         return
     for m in module.modules():

@@ -18,6 +18,7 @@ from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
 from torch import nn
 
+from cvsuite.config import ChoiceError, ConfigError
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, feature_channels, feature_reductions
 
 DECODERS = ("unet", "fpn", "deeplabv3plus")
@@ -54,7 +55,7 @@ def _build_decoder(name: str, channels: list[int], width: int | None) -> tuple[n
             aspp_dropout=0.5,
         )
         return decoder, w
-    raise KeyError(f"model.decoder: unknown '{name}'. Choose one of {', '.join(DECODERS)}")
+    raise ChoiceError(f"model.decoder: unknown '{name}'. Choose one of {', '.join(DECODERS)}")
 
 
 class SegmentationNet(nn.Module):
@@ -81,7 +82,7 @@ class SegmentationNet(nn.Module):
     ) -> None:
         super().__init__()
         if decoder not in DECODERS:
-            raise KeyError(f"model.decoder: unknown '{decoder}'. Choose one of {', '.join(DECODERS)}")
+            raise ChoiceError(f"model.decoder: unknown '{decoder}'. Choose one of {', '.join(DECODERS)}")
         # DeepLabV3+ wants the deepest map at stride 16 (dilated last stage), as in its paper and SMP.
         output_stride = 16 if decoder == "deeplabv3plus" else None
         self.backbone = create_backbone(
@@ -100,7 +101,7 @@ class SegmentationNet(nn.Module):
         if self.missing_stride2:
             channels = [0] + channels
         if len(channels) != 5:
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone: '{backbone}' gives {len(channels)} feature levels (strides {reductions}); "
                 "segmentation needs 5 levels at strides 2..32 (most CNNs: EfficientNet, ResNet, ConvNeXt)"
             )
@@ -113,7 +114,7 @@ class SegmentationNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.training and images.shape[0] == 1 and self.decoder_name == "deeplabv3plus":
             # Its image-pooling branch normalises one value per channel: BatchNorm cannot train on a batch of 1.
-            raise ValueError(
+            raise ConfigError(
                 "model.decoder deeplabv3plus needs data.batch_size >= 2 to train; raise it or use unet/fpn"
             )
         h, w = images.shape[-2:]
@@ -152,7 +153,7 @@ class SegmentationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if name not in LOSSES:
-            raise KeyError(f"model.loss: unknown '{name}'. Choose one of {', '.join(LOSSES)}")
+            raise ChoiceError(f"model.loss: unknown '{name}'. Choose one of {', '.join(LOSSES)}")
         self.name = name
         self.ignore_index = ignore_index
         self.dice_weight = dice_weight

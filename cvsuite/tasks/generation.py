@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from cvsuite.config import ChoiceError, ConfigError
 from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule
 from cvsuite.metrics.generation import BackboneFeatures, GenerationMetrics
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
@@ -73,7 +74,7 @@ def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
     }
     bad = [k for k, v in ignored.items() if v]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"{', '.join(bad)} do(es) not apply to the GAN: the discriminator's backbone stays frozen for the whole "
             "run (training it lets the discriminator win). Remove the key(s)."
         )
@@ -139,7 +140,9 @@ class GenerationTask(L.LightningModule):
         elif discriminator == "dcgan":
             self.discriminator = DCGANDiscriminator(image_size, d_channels, num_classes=self.num_classes)
         else:
-            raise KeyError(f"model.discriminator: unknown '{discriminator}'. Choose one of {', '.join(DISCRIMINATORS)}")
+            raise ChoiceError(
+                f"model.discriminator: unknown '{discriminator}'. Choose one of {', '.join(DISCRIMINATORS)}"
+            )
         self._no_backbone = nn.Identity()
         self.backbone.requires_grad_(False)  # frozen for the whole run; gradients still flow through to the images
         self.augment = DiffAugment(diffaugment)
@@ -310,10 +313,12 @@ def sample_images(
         class_name: conditional models only; by default the samples cycle through the classes.
     """
     if num < 1:
-        raise ValueError(f"--num must be >= 1, got {num}")
+        raise ConfigError(f"--num must be >= 1, got {num}")
     names = list(module.hparams.class_names or [])
     if class_name is not None and class_name not in names:
-        raise ValueError(f"--class {class_name!r} is not a class of this model ({', '.join(names) or 'unconditional'})")
+        raise ConfigError(
+            f"--class {class_name!r} is not a class of this model ({', '.join(names) or 'unconditional'})"
+        )
     module.eval()
     z_all = torch.randn(num, module.hparams.latent_dim, generator=torch.Generator().manual_seed(seed))
     out = []
@@ -354,7 +359,7 @@ def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "va
 
 def build_module(cfg, dm: GenerationDataModule) -> GenerationTask:
     if cfg.run.ema_decay is not None:
-        raise ValueError(
+        raise ConfigError(
             "run.ema_decay does not apply to the GAN (it would average the discriminator too); use model.ema_decay"
         )
     return GenerationTask(

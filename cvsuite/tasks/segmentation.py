@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cvsuite import augment
+from cvsuite.config import ConfigError
 from cvsuite.data.base import class_weights, inference_pipeline
 from cvsuite.data.common import read_image
 from cvsuite.data.segmentation import SegmentationDataConfig, SegmentationDataModule
@@ -68,7 +69,7 @@ class SegmentationTask(BaseTask):
         super().__init__(optim, finetune)
         self.save_hyperparameters()
         if class_weights and len(class_weights) != len(class_names):
-            raise ValueError(f"model.class_weights has {len(class_weights)} values for {len(class_names)} classes")
+            raise ConfigError(f"model.class_weights has {len(class_weights)} values for {len(class_names)} classes")
         self.net = SegmentationNet(
             len(class_names), backbone, decoder, decoder_width, pretrained, weights, drop_path_rate
         )
