@@ -138,6 +138,10 @@ class Detector(nn.Module):
                 **common,
             )
         self.set_postprocess(score_thresh, nms_iou, max_detections)
+        # fp32 island under mixed precision: box decoding, focal/GIoU losses and NMS see float32 head outputs
+        # (bf16's 8-bit mantissa moves a 500-pixel box edge by ~2 pixels; fp16 overflows exp() of box deltas).
+        for part in _prediction_layers(self.model):
+            part.register_forward_hook(_outputs_to_float)
 
     @property
     def trunk(self) -> nn.Module:
@@ -179,3 +183,24 @@ class Detector(nn.Module):
         finally:
             for m, mode in modes.items():
                 m.training = mode
+
+
+def _prediction_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose outputs feed box decoding and the losses (one-stage head; RPN head and box predictor)."""
+    if hasattr(model, "roi_heads"):
+        return [model.rpn.head, model.roi_heads.box_predictor]
+    return [model.head]
+
+
+def _to_float(x):
+    if isinstance(x, Tensor):
+        return x.float()
+    if isinstance(x, dict):
+        return {k: _to_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float(v) for v in x)
+    return x
+
+
+def _outputs_to_float(module: nn.Module, inputs, outputs):
+    return _to_float(outputs)

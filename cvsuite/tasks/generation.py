@@ -60,6 +60,8 @@ class GenerationModelConfig:
     kid_subset_size: int = 100  # images per KID subset (capped at the number of images)
     inception_weights: str | None = None  # torch-fidelity's Inception weights file: adds the classic fid_inception
     grid_size: int = 64  # fixed-noise samples drawn into <run>/samples/epoch_NNN.png
+    channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
+    compile: bool = False  # torch.compile the discriminator's frozen backbone (GPU; slow to start)
 
 
 def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
@@ -84,6 +86,9 @@ class GenerationTask(BaseTask):
     ``self.backbone`` is the projected discriminator's frozen pretrained trunk (an empty module for the DCGAN
     discriminator). ``forward(z, labels)`` samples from the EMA generator: (N, 3, S, S) in [-1, 1].
     """
+
+    # Under DDP each manual backward trains one network only (D's step leaves G without gradients and back).
+    ddp_find_unused_parameters = True
 
     def __init__(
         self,
@@ -113,8 +118,10 @@ class GenerationTask(BaseTask):
         inception_weights: str | None = None,
         grid_size: int = 64,
         seed: int = 42,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optim, finetune)
+        super().__init__(optim, finetune, channels_last, compile)
         self.save_hyperparameters()
         self.automatic_optimization = False
         _check_no_finetune(optim, finetune)
@@ -253,22 +260,33 @@ class GenerationTask(BaseTask):
         # Real statistics are extracted once per run: the real set does not change between epochs.
         self.metrics().reset(real=not self._real_cached)
 
+    def sample_noise(self, indices: torch.Tensor) -> torch.Tensor:
+        """(N, latent_dim): the noise of validation sample i is seeded by its dataset index, so the fakes are the
+        same every epoch (FID follows the generator, not the draw) and the same for any number of processes."""
+        seeds = (self.hparams.seed + 1000 + indices).tolist()
+        z = [torch.randn(self.hparams.latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.stack(z).to(self.device)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         real = batch["image"]
+        n = real.shape[0]
+        indices = self.sample_indices(batch, batch_idx, n)
+        if (indices < 0).any():
+            indices = batch_idx * n + torch.arange(n)
         if not self._real_cached:
-            self.metrics().update(to_unit(real), real=True)
+            self.metrics().update(to_unit(real), real=True, indices=indices)
         labels = batch["label"] if self.num_classes else None
-        # The same noise every epoch, so FID over time follows the generator, not the draw.
-        fake = self(self.noise(real.shape[0], self.hparams.seed + 1000 + batch_idx), labels)
-        self.metrics().update(to_unit(fake), real=False)
+        fake = self(self.sample_noise(indices), labels)
+        self.metrics().update(to_unit(fake), real=False, indices=indices)
 
     def on_validation_epoch_end(self) -> None:
         self.last_metrics = self.metrics().compute()
         # The sanity check sees only a few batches: its real statistics must not be kept.
         self._real_cached = not self.trainer.sanity_checking
-        self.log("val_fid", self.last_metrics["fid"], prog_bar=True)
-        self.log("val_kid", self.last_metrics["kid"], prog_bar=True)
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+        # Features gathered from every process: the same value on every rank.
+        self.log("val_fid", self.last_metrics["fid"], prog_bar=True, sync_dist=True)
+        self.log("val_kid", self.last_metrics["kid"], prog_bar=True, sync_dist=True)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             save_grid(
                 self.sample_grid(),
                 Path(self.trainer.default_root_dir) / "samples" / f"epoch_{self.current_epoch:03d}.png",
