@@ -58,7 +58,8 @@ def check_trainer(cfg: Config) -> None:
 
     Raises:
         ConfigError: 16-bit precision on a CPU; a GPU accelerator without CUDA or more GPUs than present; several
-            CPU processes with a strategy that needs accelerators; FSDP with a freeze schedule.
+            CPU processes with a strategy that needs accelerators; sync_batchnorm on a CPU; FSDP with a freeze
+            schedule.
     """
     t = cfg.trainer
     accelerator = t.get("accelerator", "auto")
@@ -78,6 +79,11 @@ def check_trainer(cfg: Config) -> None:
         raise ConfigError(
             f"trainer.precision {precision} needs a CUDA GPU (float16 autocast and its gradient scaler); on a CPU "
             "use bf16-mixed or 32-true"
+        )
+    if on_cpu and t.get("sync_batchnorm"):
+        raise ConfigError(
+            "trainer.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); on CPU processes "
+            "leave it false"
         )
     if isinstance(strategy, str):
         if on_cpu and devices > 1 and strategy not in CPU_STRATEGIES:

@@ -98,16 +98,16 @@ def test_detection_ddp_metrics_equal_one_process(tmp_path):
     write_split(records[:6], names, tmp_path / "data" / "train", "voc")
     write_split(records[6:], names, tmp_path / "data" / "val", "coco")  # 3 images: one padded
     recipe = tiny_detection_recipe(tmp_path / "data", tmp_path / "run")
+    recipe["data"]["batch_size"] = 2  # 3 training images per process: one batch each
     recipe["trainer"].update(max_epochs=2, accumulate_grad_batches=1)
     run = _train_ddp(recipe, tmp_path)
     _check_run(run, "detection", 2)
     assert json.loads((run / "metrics.json").read_text())["num_images"] == 3
 
 
-def test_segmentation_ddp_with_sync_batchnorm_metrics_equal_one_process(tmp_path):
+def test_segmentation_ddp_metrics_equal_one_process(tmp_path):
     write_dataset(tmp_path / "data", n_train=4, n_val=3, size=(32, 32))
-    recipe = segmentation_recipe(tmp_path / "data", tmp_path / "run", trainer={"max_epochs": 1})
-    recipe["trainer"]["sync_batchnorm"] = True
+    recipe = segmentation_recipe(tmp_path / "data", tmp_path / "run", data={"batch_size": 2}, trainer={"max_epochs": 1})
     run = _train_ddp(recipe, tmp_path)
     _check_run(run, "segmentation", 1)
     assert json.loads((run / "metrics.json").read_text())["num_pixels"] == 3 * 32 * 32
@@ -139,6 +139,7 @@ def test_torchrun_launch_trains_and_its_checkpoint_evaluates(tmp_path):
         ({"accelerator": "cpu", "precision": "16-mixed"}, "16-mixed needs a CUDA GPU"),
         ({"accelerator": "cpu", "devices": 2, "strategy": "fsdp"}, "cannot run 2 CPU processes"),
         ({"accelerator": "cpu", "devices": 2, "strategy": "deepspeed"}, "cannot run 2 CPU processes"),
+        ({"accelerator": "cpu", "devices": 2, "strategy": "ddp", "sync_batchnorm": True}, "SyncBatchNorm"),
     ],
 )
 def test_settings_that_cannot_work_here_are_named_before_a_run_folder_exists(tmp_path, trainer, message):
@@ -186,3 +187,19 @@ def test_tools_train_prints_the_named_error_and_exits_2(tmp_path):
     )
     assert proc.returncode == 2 and "error: trainer.precision 16-mixed needs a CUDA GPU" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_sync_batchnorm_layers_stay_frozen_with_the_backbone():
+    """What Lightning does for trainer.sync_batchnorm (GPU only): convert every BatchNorm. A frozen backbone's
+    converted layers must still keep their running statistics (eval mode) during training."""
+    from cvsuite.tasks.classification import ClassificationTask
+
+    task = ClassificationTask(
+        ["a", "b"], {"lr": 0.01, "weight_decay": 0.0}, {"freeze_backbone": True}, TINY_BACKBONE, pretrained=False
+    )
+    task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
+    task.apply_freeze()
+    task.train()
+    sync = [m for m in task.backbone.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert sync and not any(m.training for m in sync)
+    assert task.head.training
