@@ -26,6 +26,18 @@ from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, feature_c
 ARCHITECTURES = ("fcos", "retinanet", "faster_rcnn")
 
 
+class Float32P6P7(LastLevelP6P7):
+    """torchvision's P6/P7 levels, computed in float32 under mixed precision (same parameters and names).
+
+    These stride-64/128 maps are 1-2 pixels wide at small input sizes; in bf16 their gradients went NaN on the
+    CPU within two steps (tests/test_precision.py), in float32 they stay finite. Two small convolutions: no cost.
+    """
+
+    def forward(self, p: list[Tensor], c: list[Tensor], names: list[str]):
+        with torch.autocast(p[0].device.type, enabled=False):
+            return super().forward([x.float() for x in p], [x.float() for x in c], names)
+
+
 class TimmFPN(nn.Module):
     """A timm ``features_only`` trunk followed by an FPN; ``out_channels`` is torchvision's backbone contract.
 
@@ -41,7 +53,7 @@ class TimmFPN(nn.Module):
         self.names = [str(i) for i in range(len(channels))]
         if extra == "p6p7":
             # P6/P7 from P5 (in = out channels), as torchvision's FCOS and RetinaNet v2 do.
-            extra_block = LastLevelP6P7(out_channels, out_channels)
+            extra_block = Float32P6P7(out_channels, out_channels)
             self.strides = self.strides + [self.strides[-1] * 2, self.strides[-1] * 4]
         else:
             extra_block = LastLevelMaxPool()
