@@ -93,3 +93,15 @@ def test_bf16_mixed_trains_every_task_with_fp32_metrics(task, tmp_path):
     if recipe["model"].get("channels_last"):
         conv = next(m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_gpu_check_says_so_and_exits_0_without_cuda(capsys, monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert module.main(["--steps", "5"]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
