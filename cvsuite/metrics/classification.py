@@ -4,6 +4,7 @@ torchmetrics' functional API."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -102,6 +103,12 @@ class ClassificationMetrics(Metric):
     def compute(self) -> dict[str, Any]:
         if isinstance(self.probs, list) and not self.probs:
             return {}
+        with warnings.catch_warnings():
+            # torchmetrics warns about classes without positives; they are reported as null here instead.
+            warnings.filterwarnings("ignore", message=".*(positive|negative) samples", category=UserWarning)
+            return self._compute()
+
+    def _compute(self) -> dict[str, Any]:
         probs, target = self._last = self._tensors()
         kw = self._kw()
         present = (self._support(target) > 0).tolist()
