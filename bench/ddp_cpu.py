@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
@@ -56,9 +57,9 @@ def train(recipe: Path, out: Path, devices: int) -> tuple[float, Path]:
     return time.perf_counter() - start, out
 
 
-def last_row(run: Path) -> dict[str, str]:
+def last_row(run: Path, epoch: int = -1) -> dict[str, str]:
     with (run / "metrics.csv").open() as fh:
-        return list(csv.DictReader(fh))[-1]
+        return list(csv.DictReader(fh))[epoch]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
         )
         single = json.loads(out.stdout.strip().splitlines()[-1])
-        logged = last_row(runs[2])
+        # The row of the epoch last.ckpt holds (Lightning 2.6 rewrites last.ckpt only when best.ckpt improves).
+        epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
+        logged = last_row(runs[2], epoch)
         same = all(abs(float(logged[f"val_{k}"]) - single[k]) < 2e-6 for k in KEYS)
         print(
             "\n2-process run, last epoch as logged: " + ", ".join(f"{k} {float(logged[f'val_{k}']):.6f}" for k in KEYS)
