@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         logged = last_row(runs[2], epoch)
         same = all(abs(float(logged[f"val_{k}"]) - single[k]) < 2e-6 for k in KEYS)
         print(
-            "\n2-process run, last epoch as logged: " + ", ".join(f"{k} {float(logged[f'val_{k}']):.6f}" for k in KEYS)
+            f"\n2-process run, epoch {epoch} (the one last.ckpt holds) as logged: " + ", ".join(f"{k} {float(logged[f'val_{k}']):.6f}" for k in KEYS)
         )
         print("tools/eval.py of its last.ckpt, 1 process: " + ", ".join(f"{k} {single[k]:.6f}" for k in KEYS))
         print(f"equal: {same} (num_samples {single['num_samples']})")
