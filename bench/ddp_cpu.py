@@ -117,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
         logged = last_row(runs[2], epoch)
         same = all(abs(float(logged[f"val_{k}"]) - single[k]) < 2e-6 for k in KEYS)
-        print(
-            f"\n2-process run, epoch {epoch} (the one last.ckpt holds) as logged: " + ", ".join(f"{k} {float(logged[f'val_{k}']):.6f}" for k in KEYS)
-        )
+        shown = ", ".join(f"{k} {float(logged[f'val_{k}']):.6f}" for k in KEYS)
+        print(f"\n2-process run, epoch {epoch} (the one last.ckpt holds) as logged: {shown}")
         print("tools/eval.py of its last.ckpt, 1 process: " + ", ".join(f"{k} {single[k]:.6f}" for k in KEYS))
         print(f"equal: {same} (num_samples {single['num_samples']})")
         return 0 if same else 1
