@@ -27,6 +27,7 @@ import yaml
 from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint
 from cvsuite.config import Config, ConfigError, from_dict, merge, parse_overrides, read_yaml
 from cvsuite.data.common import DatasetError, drop_unreadable, list_images
+from cvsuite.distributed import check_trainer, end_process_group, global_rank, shared_run_dir
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
 from cvsuite.trainer import build_trainer, interrupted
@@ -73,6 +74,7 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
         resume: a ``last.ckpt`` (or any checkpoint) to continue from, mid-schedule: optimiser, scheduler, epoch
             and the freeze/unfreeze state carry on; the run writes into that checkpoint's run folder.
     """
+    check_trainer(cfg)  # devices/strategy/precision that cannot work here: named before anything is written
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     spec = get_spec(cfg.task)
     if resume:
@@ -86,13 +88,17 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     dm.setup("fit")  # before the run folder exists: a dataset error leaves nothing behind
     if not resume:
         module = spec.build_module(cfg, dm)
-        run_dir = new_run_dir(cfg.trainer["default_root_dir"])
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        run_dir = shared_run_dir(cfg.trainer["default_root_dir"], new_run_dir)  # same folder on every rank
+    if global_rank() == 0:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     trainer, ckpt, last = build_trainer(cfg, spec, run_dir)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
     except (KeyboardInterrupt, SystemExit) as err:  # Lightning's graceful stop on SIGINT / SIGTERM
         raise interrupted(trainer, last, err) from None
+    end_process_group()
+    if not trainer.is_global_zero:  # under DDP only rank 0 writes the run folder
+        return run_dir
     best = ckpt.best_model_path or ckpt.last_model_path
     if best and trainer.state.status == "finished":
         metrics = _evaluate_module(

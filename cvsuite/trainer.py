@@ -39,6 +39,8 @@ class EpochMetricsFile(Callback):
         self.path = path
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:  # one writer under DDP; val_* are synced, so rank 0 holds the global values
+            return
         # Validation has run inside this epoch by now, so val_* are this epoch's values.
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for key, value in trainer.callback_metrics.items():

@@ -58,3 +58,49 @@ def test_multilabel():
     assert out["accuracy"] == pytest.approx((1.0 + 0.75) / 2)
     assert out["per_class"]["y"]["recall"] == pytest.approx(2 / 3)
     assert torch.tensor(out["confusion_matrix"]).shape == (2, 2, 2)
+
+
+def test_absent_classes_are_null_and_left_out_of_macro_means():
+    # 4 classes, the split holds only a and b: b is recalled 1 of 2 times, a 2 of 2.
+    # recall a = 1, b = 0.5 -> macro 0.75 over the present classes (0.375 if c, d counted as 0).
+    probs = torch.tensor([[0.9, 0.1, 0, 0], [0.8, 0.2, 0, 0], [0.1, 0.9, 0, 0], [0.6, 0.4, 0, 0]])
+    m = ClassificationMetrics(["a", "b", "c", "d"])
+    m.update(probs, torch.tensor([0, 0, 1, 1]))
+    out = m.compute()
+    assert out["recall"] == pytest.approx(0.75)
+    # f1 a = 2 * (2/3 * 1) / (2/3 + 1) = 0.8; f1 b = 2 * (1 * 0.5) / 1.5 = 2/3
+    assert out["f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert out["precision"] == pytest.approx((2 / 3 + 1) / 2)
+    assert out["auroc"] == pytest.approx(1.0)  # scores rank every pair of a and b right
+    for name in ("c", "d"):
+        assert out["per_class"][name] == {
+            "precision": None,
+            "recall": None,
+            "f1": None,
+            "average_precision": None,
+            "support": 0,
+        }
+    import json
+
+    json.dumps(out)  # nulls, not NaN, in the JSON
+
+
+def test_padded_duplicates_are_counted_once_and_order_does_not_matter():
+    """Two 'ranks' of a 5-sample split padded to 6 (DistributedSampler repeats sample 0): merged states give the
+    numbers of one process."""
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    target = torch.tensor([0, 1, 1, 1, 0])
+    single = ClassificationMetrics(["a", "b"])
+    single.update(probs, target, torch.arange(5))
+    expected = single.compute()
+    rank0, rank1 = ClassificationMetrics(["a", "b"]), ClassificationMetrics(["a", "b"])
+    rank0.update(probs[[0, 2, 4]], target[[0, 2, 4]], torch.tensor([0, 2, 4]))
+    rank1.update(probs[[1, 3, 0]], target[[1, 3, 0]], torch.tensor([1, 3, 0]))  # the pad: sample 0 again
+    rank0.merge_state(rank1)
+    got = rank0.compute()
+    assert got["num_samples"] == 5
+    assert got == expected
+    # Without indices the duplicate would count: the guard is the index, not luck.
+    naive = ClassificationMetrics(["a", "b"])
+    naive.update(torch.cat([probs, probs[:1]]), torch.cat([target, target[:1]]))
+    assert naive.compute()["num_samples"] == 6

@@ -191,3 +191,25 @@ def test_unknown_backend_is_named():
         DetectionEvaluator(NAMES, "torchmetrics")
     with pytest.raises(ValueError, match="Choose one of pycocotools, faster_coco_eval"):
         run_coco_eval({"images": [], "annotations": [], "categories": []}, [], "nope")
+
+
+def test_states_gathered_from_two_processes_give_the_one_process_numbers():
+    """A 3-image split on two 'ranks', padded to 4 (the sampler repeats image 0): merged states, scored once,
+    equal one process; the padded copy is not counted."""
+    gts = [_gt([[10, 10, 60, 60]], [0]), _gt([[20, 30, 120, 90], [150, 20, 200, 80]], [1, 0]), _gt([], [])]
+    preds = [
+        _pred([[12, 8, 58, 61]], [0.9], [0]),
+        _pred([[20, 30, 110, 90], [0, 0, 30, 30]], [0.8, 0.7], [1, 0]),
+        _pred([[5, 5, 40, 40]], [0.6], [1]),
+    ]
+    single = DetectionEvaluator(NAMES)
+    single.update(preds, gts, image_ids=[7, 8, 9], sizes=[SIZE] * 3, indices=[0, 1, 2])
+    expected = single.compute()
+    rank0, rank1 = DetectionEvaluator(NAMES), DetectionEvaluator(NAMES)
+    rank0.update([preds[0], preds[2]], [gts[0], gts[2]], image_ids=[7, 9], sizes=[SIZE] * 2, indices=[0, 2])
+    rank1.update([preds[1], preds[0]], [gts[1], gts[0]], image_ids=[8, 7], sizes=[SIZE] * 2, indices=[1, 0])
+    rank0.merge_state(rank1)
+    got = rank0.compute()
+    assert got["num_images"] == 3 and got["num_detections"] == 4
+    assert got == expected
+    assert [d["image_id"] for d in rank0.coco_results()] == [7, 8, 8, 9]

@@ -238,3 +238,23 @@ def test_repeat_sampler_draws_the_epoch_size_evenly_and_reproducibly():
     assert list(s) == first
     s.set_epoch(4)
     assert list(s) != first
+
+
+def test_features_gathered_from_two_processes_give_the_one_process_fid_kid(tiny_features):
+    """Real and fake features split over two 'ranks' (one padded copy each), merged: the one-process values."""
+    real, fake = _images(11, 0), _images(11, 1, shift=0.15)
+    single = GenerationMetrics(tiny_features, kid_subset_size=5, kid_subsets=4)
+    single.update(real, real=True, indices=torch.arange(11))
+    single.update(fake, real=False, indices=torch.arange(11))
+    expected = single.compute()
+    ranks = [GenerationMetrics(tiny_features, kid_subset_size=5, kid_subsets=4) for _ in range(2)]
+    for r, m in enumerate(ranks):
+        idx = torch.tensor([i % 11 for i in range(r, 12, 2)])  # DistributedSampler: r, r+2, ...; 11 -> 0 again
+        m.update(real[idx], real=True, indices=idx)
+        m.update(fake[idx], real=False, indices=idx)
+    for name, bank in ranks[0].banks.items():
+        bank.merge_state(ranks[1].banks[name])
+    got = ranks[0].compute()
+    assert got["num_real"] == got["num_fake"] == 11
+    assert got["fid"] == pytest.approx(expected["fid"], rel=1e-9)
+    assert got["kid"] == pytest.approx(expected["kid"], rel=1e-9, abs=1e-15)

@@ -14,6 +14,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cvsuite.distributed import global_rank
+
 log = logging.getLogger("cvsuite")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -113,12 +115,6 @@ def default_workers(requested: int | None) -> int:
     if requested is not None and requested >= 0:
         return requested
     return max(0, min(8, (os.cpu_count() or 1) - 1)) or 0
-
-
-def global_rank() -> int:
-    """This process's rank when torch.distributed is initialised (DDP), else 0."""
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class SeedWorker:

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from cvsuite.config import ConfigError
+from cvsuite.metrics.classification import dedup_order
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 # COCOeval.stats order for iouType="bbox".
@@ -36,10 +39,8 @@ STAT_KEYS = (
 )
 
 
-def _as_numpy(x: Any, dtype=np.float64) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
+def _tensor(x: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x), dtype=dtype).to(device)
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
@@ -110,34 +111,45 @@ def _mean_valid(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else -1.0
 
 
-class DetectionEvaluator:
+class DetectionEvaluator(Metric):
     """Accumulates per-image predictions and ground truth; `compute` gives the JSON metric dict.
 
     Keys: map, map_50, map_75, map_small, map_medium, map_large, mar_1, mar_10, mar_100, mar_small, mar_medium,
     mar_large (COCO's own definitions; -1 where no ground truth falls in that size range), ap_per_class and
     ap50_per_class ``{name: AP}``, class_names, num_images, num_detections, backend.
+
+    A torchmetrics `Metric`: under DDP every process's images are gathered (boxes, scores and labels as flat
+    tensors plus per-image counts), images seen twice (a distributed sampler's padding; same dataset index, or the
+    same image id when no index is given) are dropped, and COCOeval scores the whole split once, in dataset order.
     """
+
+    full_state_update = False
 
     def __init__(
         self,
         class_names: Sequence[str],
         backend: str = "pycocotools",
         category_ids: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> None:
         """Args:
         category_ids: the COCO category id of each class index, used in `coco_results` (default 1..K).
         """
+        super().__init__(**kwargs)
         _backend(backend)  # fail at construction, not after an epoch
         self.class_names = list(class_names)
         self.backend = backend
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(self.class_names) + 1))
         self.precision: np.ndarray | None = None
-        self.reset()
+        # Per image: dataset index (-1 = unknown), image id, height, width, number of gt and predicted boxes.
+        self.add_state("image_info", default=[], dist_reduce_fx="cat")
+        for name in ("gt_boxes", "gt_labels", "gt_ignore", "gt_area", "pred_boxes", "pred_scores", "pred_labels"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._records: tuple[list, list, list] | None = None
 
     def reset(self) -> None:
-        self.images: list[dict[str, Any]] = []
-        self.gt: list[dict[str, np.ndarray]] = []
-        self.preds: list[dict[str, np.ndarray]] = []
+        super().reset()
+        self._records = None
 
     def update(
         self,
@@ -145,6 +157,7 @@ class DetectionEvaluator:
         targets: Sequence[dict[str, Any]],
         image_ids: Sequence[int] | None = None,
         sizes: Sequence[tuple[int, int]] | None = None,
+        indices: Sequence[int] | None = None,
     ) -> None:
         """Add a batch.
 
@@ -154,39 +167,69 @@ class DetectionEvaluator:
                 ``area`` (M,) (COCO segmentation areas; default: box areas).
             image_ids: ids for `coco_results` (default: running index).
             sizes: (height, width) per image (only stored in the COCO ``images`` entries).
+            indices: dataset position of each image, to drop duplicates and keep dataset order across processes.
         """
+        dev = self.device
+        seen = sum(len(x) for x in self.image_info)
         for i, (pred, target) in enumerate(zip(preds, targets)):
-            boxes = _as_numpy(target["boxes"]).reshape(-1, 4)
+            boxes = _tensor(target["boxes"], torch.float64, dev).reshape(-1, 4)
             ignore = target.get("ignore")
-            ignore = np.zeros(len(boxes), bool) if ignore is None else _as_numpy(ignore, bool).reshape(-1)
-            entry = {"boxes": boxes, "labels": _as_numpy(target["labels"], np.int64).reshape(-1), "ignore": ignore}
-            if target.get("area") is not None:
-                entry["area"] = _as_numpy(target["area"]).reshape(-1)
-            self.gt.append(entry)
-            self.preds.append(
-                {
-                    "boxes": _as_numpy(pred["boxes"]).reshape(-1, 4),
-                    "scores": _as_numpy(pred["scores"]).reshape(-1),
-                    "labels": _as_numpy(pred["labels"], np.int64).reshape(-1),
-                }
-            )
-            image_id = int(image_ids[i]) if image_ids is not None else len(self.images) + 1
+            ignore = torch.zeros(len(boxes)) if ignore is None else ignore
+            pboxes = _tensor(pred["boxes"], torch.float64, dev).reshape(-1, 4)
+            image_id = int(image_ids[i]) if image_ids is not None else seen + i + 1
+            index = int(indices[i]) if indices is not None else -1
             h, w = sizes[i] if sizes is not None else (0, 0)
-            self.images.append({"id": image_id, "height": int(h), "width": int(w)})
+            info = [index, image_id, int(h), int(w), len(boxes), len(pboxes)]
+            self.image_info.append(torch.tensor([info], dtype=torch.long, device=dev))
+            self.gt_boxes.append(boxes)
+            self.gt_labels.append(_tensor(target["labels"], torch.long, dev).reshape(-1))
+            self.gt_ignore.append(_tensor(ignore, torch.long, dev).reshape(-1))
+            # The data's own object areas (COCO segmentation) when given, as the official COCO evaluation uses.
+            area = target.get("area")
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) if area is None else area
+            self.gt_area.append(_tensor(area, torch.float64, dev).reshape(-1))
+            self.pred_boxes.append(pboxes)
+            self.pred_scores.append(_tensor(pred["scores"], torch.float64, dev).reshape(-1))
+            self.pred_labels.append(_tensor(pred["labels"], torch.long, dev).reshape(-1))
+
+    def records(self) -> tuple[list[dict[str, Any]], list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        """(images, ground truth, predictions) per unique image in dataset order: those of the last `compute`
+        (all processes), else this process's own."""
+        return self._records if self._records is not None else self._collect()
+
+    def _collect(self) -> tuple[list, list, list]:
+        def cat(x, shape=(-1,)):
+            x = dim_zero_cat(x) if not (isinstance(x, list) and not x) else torch.zeros(0)
+            return x.detach().cpu().numpy().reshape(*shape)
+
+        info = cat(self.image_info, (-1, 6))
+        gt_boxes, pred_boxes = cat(self.gt_boxes, (-1, 4)), cat(self.pred_boxes, (-1, 4))
+        gt_labels, gt_ignore = cat(self.gt_labels).astype(np.int64), cat(self.gt_ignore).astype(bool)
+        gt_area = cat(self.gt_area)
+        pred_scores, pred_labels = cat(self.pred_scores), cat(self.pred_labels).astype(np.int64)
+        gt_end, pred_end = np.cumsum(info[:, 4]), np.cumsum(info[:, 5])
+        images, gts, preds = [], [], []
+        for i in dedup_order(torch.from_numpy(info[:, 0].astype(np.int64))).tolist():
+            g = slice(gt_end[i] - info[i, 4], gt_end[i])
+            p = slice(pred_end[i] - info[i, 5], pred_end[i])
+            images.append({"id": int(info[i, 1]), "height": int(info[i, 2]), "width": int(info[i, 3])})
+            gts.append({"boxes": gt_boxes[g], "labels": gt_labels[g], "ignore": gt_ignore[g], "area": gt_area[g]})
+            preds.append({"boxes": pred_boxes[p], "scores": pred_scores[p], "labels": pred_labels[p]})
+        return images, gts, preds
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        return self.records()[0]
 
     # ---- COCO format ---------------------------------------------------------------------------------------
-    def _internal_ids(self) -> list[int]:
-        # Evaluation uses its own unique ids: user image ids may repeat across train/ and val/ files.
-        return list(range(1, len(self.images) + 1))
-
     def coco_ground_truth(self) -> dict[str, Any]:
         images, annotations = [], []
-        for iid, image, gt in zip(self._internal_ids(), self.images, self.gt):
+        # Evaluation uses its own unique ids: user image ids may repeat across train/ and val/ files.
+        records, gts, _ = self.records()
+        for iid, image, gt in zip(range(1, len(records) + 1), records, gts):
             images.append({"id": iid, "height": image["height"], "width": image["width"]})
             boxes = _xywh(gt["boxes"])
-            # The data's own object areas (COCO segmentation) when given, as the official COCO evaluation uses.
-            areas = gt.get("area", boxes[:, 2] * boxes[:, 3])
-            for box, label, ignore, area in zip(boxes, gt["labels"], gt["ignore"], areas):
+            for box, label, ignore, area in zip(boxes, gt["labels"], gt["ignore"], gt["area"]):
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
@@ -202,7 +245,7 @@ class DetectionEvaluator:
 
     def _results(self, image_ids: list[int], category_ids: list[int]) -> list[dict[str, Any]]:
         out = []
-        for iid, pred in zip(image_ids, self.preds):
+        for iid, pred in zip(image_ids, self.records()[2]):
             for box, score, label in zip(_xywh(pred["boxes"]), pred["scores"], pred["labels"]):
                 out.append(
                     {
@@ -220,11 +263,13 @@ class DetectionEvaluator:
 
     # ---- metrics -------------------------------------------------------------------------------------------
     def compute(self) -> dict[str, Any]:
-        if not self.images:
+        self._records = None
+        self._records = self._collect()
+        if not self._records[0]:
             return {}
         internal = list(range(1, len(self.class_names) + 1))
         stats, precision = run_coco_eval(
-            self.coco_ground_truth(), self._results(self._internal_ids(), internal), self.backend
+            self.coco_ground_truth(), self._results(list(range(1, len(self.images) + 1)), internal), self.backend
         )
         self.precision = precision
         out: dict[str, Any] = {k: float(v) for k, v in zip(STAT_KEYS, stats)}
@@ -233,7 +278,7 @@ class DetectionEvaluator:
         out["ap50_per_class"] = {n: _mean_valid(precision[0, :, k, 0, -1]) for k, n in enumerate(self.class_names)}
         out["class_names"] = list(self.class_names)
         out["num_images"] = len(self.images)
-        out["num_detections"] = int(sum(len(p["scores"]) for p in self.preds))
+        out["num_detections"] = int(sum(len(p["scores"]) for p in self._records[2]))
         out["backend"] = self.backend
         return out
 

@@ -22,9 +22,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities import dim_zero_cat
 
+from cvsuite.metrics.classification import UNKNOWN_INDEX, dedup_order
 from cvsuite.models.backbone import create_backbone, data_config
 
 log = logging.getLogger("cvsuite")
@@ -80,6 +83,31 @@ class _Precomputed(nn.Module):
         return features
 
 
+class FeatureBank(Metric):
+    """The feature vectors of a set of images with their dataset indices; gathered from every process under DDP.
+    `compute` gives (N, F) float64 features of the unique images in dataset order (padded duplicates dropped), so
+    FID/KID of N processes equal those of one."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("features", default=[], dist_reduce_fx="cat")
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
+
+    def update(self, features: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        if indices is None:
+            indices = torch.full((features.shape[0],), UNKNOWN_INDEX, dtype=torch.long)
+        self.features.append(features.detach().double())
+        self.indices.append(torch.as_tensor(indices, dtype=torch.long).to(features.device))
+
+    def compute(self) -> torch.Tensor:
+        if isinstance(self.features, list) and not self.features:
+            return torch.zeros(0, 0, dtype=torch.float64)
+        features, indices = dim_zero_cat(self.features), dim_zero_cat(self.indices)
+        return features[dedup_order(indices.cpu()).to(features.device)]
+
+
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None:
     """The Inception weights file: `path` if given (must exist), else torch hub's cache if torch-fidelity left
     it there. Never downloads."""
@@ -97,9 +125,10 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None
 class GenerationMetrics:
     """FID and KID of generated against real images, accumulated batch by batch.
 
-    Real-image statistics survive `reset()` (pass ``real=True`` to drop them), so a training run extracts them
+    Real-image features survive `reset()` (pass ``real=True`` to drop them), so a training run extracts them
     once. KID subsets are drawn with a fixed seed, so the result depends on the images only, not on batch sizes or
-    on the global random state.
+    on the global random state. Features are kept per image (`FeatureBank`, gathered across processes under DDP,
+    duplicates dropped by dataset index) and handed to torchmetrics' FID/KID, which run locally, at `compute`.
 
     Args:
         feature: the feature network (see `BackboneFeatures`).
@@ -118,7 +147,9 @@ class GenerationMetrics:
         self.feature = feature
         self.kid_subset_size = kid_subset_size
         hook = _Precomputed(feature.num_features)
-        self.fid = FrechetInceptionDistance(feature=hook, reset_real_features=False, normalize=True)
+        self.banks = {"real": FeatureBank(), "fake": FeatureBank()}
+        # The banks gather; FID/KID then see the whole split on every process and must not sync again.
+        self.fid = FrechetInceptionDistance(feature=hook, normalize=True, sync_on_compute=False)
         with warnings.catch_warnings():
             # KID keeps every feature vector: intended here (a few thousand images at most), so no warning.
             warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
@@ -126,8 +157,8 @@ class GenerationMetrics:
                 feature=hook,
                 subsets=kid_subsets,
                 subset_size=kid_subset_size,
-                reset_real_features=False,
                 normalize=True,
+                sync_on_compute=False,
             )
         self.inception: FrechetInceptionDistance | None = None
         weights = find_inception_weights(inception_weights)
@@ -140,8 +171,9 @@ class GenerationMetrics:
             )
         else:
             self.inception = FrechetInceptionDistance(
-                feature=2048, reset_real_features=False, normalize=True, feature_extractor_weights_path=str(weights)
+                feature=2048, normalize=True, feature_extractor_weights_path=str(weights), sync_on_compute=False
             )
+            self.banks.update(inception_real=FeatureBank(), inception_fake=FeatureBank())
 
     def to(self, device: torch.device | str) -> GenerationMetrics:
         for m in self._parts():
@@ -149,37 +181,50 @@ class GenerationMetrics:
         return self
 
     def _parts(self) -> list[nn.Module]:
-        return [self.feature, self.fid, self.kid] + ([self.inception] if self.inception is not None else [])
+        parts = [self.feature, self.fid, self.kid, *self.banks.values()]
+        return parts + ([self.inception] if self.inception is not None else [])
 
     @property
     def num_real(self) -> int:
-        return int(self.fid.real_features_num_samples)
+        """Images in this process's real bank (before de-duplication)."""
+        return sum(len(f) for f in self.banks["real"].features)
 
     @property
     def num_fake(self) -> int:
-        return int(self.fid.fake_features_num_samples)
+        return sum(len(f) for f in self.banks["fake"].features)
 
-    def update(self, images: torch.Tensor, real: bool) -> None:
-        """images: (N, 3, H, W) floats in [0, 1]."""
+    def update(self, images: torch.Tensor, real: bool, indices: torch.Tensor | None = None) -> None:
+        """images: (N, 3, H, W) floats in [0, 1]; indices: (N,) dataset positions (duplicates are dropped)."""
         images = images.detach().float().clamp(0, 1)
-        features = self.feature(images)
-        self.fid.update(features, real=real)
-        self.kid.update(features, real=real)
+        kind = "real" if real else "fake"
+        self.banks[kind].update(self.feature(images), indices)
         if self.inception is not None:
-            self.inception.update(images, real=real)
+            with torch.no_grad():
+                features = self.inception.inception((images * 255).byte())
+            self.banks[f"inception_{kind}"].update(features, indices)
 
     def reset(self, real: bool = False) -> None:
-        """Drop the generated images' statistics; with `real`, drop the real ones too."""
-        for m in self._parts()[1:]:
-            m.reset_real_features = real
-            m.reset()
-            m.reset_real_features = False
+        """Drop the generated images' features; with `real`, drop the real ones too."""
+        for name, bank in self.banks.items():
+            if real or "fake" in name:
+                bank.reset()
+
+    @staticmethod
+    def _score(metric, real: torch.Tensor, fake: torch.Tensor) -> None:
+        metric.reset_real_features = True
+        metric.reset()
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
 
     def compute(self) -> dict[str, Any]:
-        if self.num_real < 2 or self.num_fake < 2:
-            raise RuntimeError(f"FID/KID need >= 2 real and fake images, got {self.num_real} and {self.num_fake}")
+        real, fake = self.banks["real"].compute(), self.banks["fake"].compute()
+        num_real, num_fake = len(real), len(fake)
+        if num_real < 2 or num_fake < 2:
+            raise RuntimeError(f"FID/KID need >= 2 real and fake images, got {num_real} and {num_fake}")
+        self._score(self.fid, real, fake)
+        self._score(self.kid, real, fake)
         fid = float(self.fid.compute())
-        self.kid.subset_size = min(self.kid_subset_size, self.num_real, self.num_fake)
+        self.kid.subset_size = min(self.kid_subset_size, num_real, num_fake)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             kid_mean, kid_std = (float(v) for v in self.kid.compute())
@@ -192,9 +237,13 @@ class GenerationMetrics:
             f"kid_{name}": kid_mean,
             "feature_network": name,
             "feature_input_size": self.feature.input_size,
-            "num_real": self.num_real,
-            "num_fake": self.num_fake,
+            "num_real": num_real,
+            "num_fake": num_fake,
         }
         if self.inception is not None:
-            out["fid_inception"] = float(self.inception.compute())
+            hook = FrechetInceptionDistance(feature=_Precomputed(2048), normalize=True, sync_on_compute=False)
+            self._score(
+                hook.to(real.device), self.banks["inception_real"].compute(), self.banks["inception_fake"].compute()
+            )
+            out["fid_inception"] = float(hook.compute())
         return out

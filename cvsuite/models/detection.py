@@ -31,6 +31,18 @@ from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, feature_c
 ARCHITECTURES = ("fcos", "retinanet", "faster_rcnn")
 
 
+class Float32P6P7(LastLevelP6P7):
+    """torchvision's P6/P7 levels, computed in float32 under mixed precision (same parameters and names).
+
+    These stride-64/128 maps are 1-2 pixels wide at small input sizes; in bf16 their gradients went NaN on the
+    CPU within two steps (tests/test_precision.py), in float32 they stay finite. Two small convolutions: no cost.
+    """
+
+    def forward(self, p: list[Tensor], c: list[Tensor], names: list[str]):
+        with torch.autocast(p[0].device.type, enabled=False):
+            return super().forward([x.float() for x in p], [x.float() for x in c], names)
+
+
 class TimmFPN(nn.Module):
     """A timm ``features_only`` trunk followed by an FPN; ``out_channels`` is torchvision's backbone contract.
 
@@ -46,7 +58,7 @@ class TimmFPN(nn.Module):
         self.names = [str(i) for i in range(len(channels))]
         if extra == "p6p7":
             # P6/P7 from P5 (in = out channels), as torchvision's FCOS and RetinaNet v2 do.
-            extra_block = LastLevelP6P7(out_channels, out_channels)
+            extra_block = Float32P6P7(out_channels, out_channels)
             self.strides = self.strides + [self.strides[-1] * 2, self.strides[-1] * 4]
         else:
             extra_block = LastLevelMaxPool()
@@ -173,6 +185,10 @@ class Detector(nn.Module):
             )
         self.model.transform = FixedCanvasTransform(image_size)
         self.set_postprocess(score_thresh, nms_iou, max_detections)
+        # fp32 island under mixed precision: box decoding, focal/GIoU losses and NMS see float32 head outputs
+        # (bf16's 8-bit mantissa moves a 500-pixel box edge by ~2 pixels; fp16 overflows exp() of box deltas).
+        for part in _prediction_layers(self.model):
+            part.register_forward_hook(_outputs_to_float)
 
     @property
     def trunk(self) -> nn.Module:
@@ -214,3 +230,24 @@ class Detector(nn.Module):
         finally:
             for m, mode in modes.items():
                 m.training = mode
+
+
+def _prediction_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose outputs feed box decoding and the losses (one-stage head; RPN head and box predictor)."""
+    if hasattr(model, "roi_heads"):
+        return [model.rpn.head, model.roi_heads.box_predictor]
+    return [model.head]
+
+
+def _to_float(x):
+    if isinstance(x, Tensor):
+        return x.float()
+    if isinstance(x, dict):
+        return {k: _to_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float(v) for v in x)
+    return x
+
+
+def _outputs_to_float(module: nn.Module, inputs, outputs):
+    return _to_float(outputs)

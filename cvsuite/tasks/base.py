@@ -1,5 +1,7 @@
 """The one base class of all tasks: optimiser/schedule and the transfer-learning controls (freeze, unfreeze,
-backbone lr, layer decay, BatchNorm kept in eval while frozen). Tasks hold the model parts as attributes;
+backbone lr, layer decay, BatchNorm kept in eval while frozen), the GPU speed options (channels_last,
+torch.compile of the backbone) and what every task needs under DDP (the DDP wrapper kept in step with the trainable
+set, dataset positions of validation samples for de-duplicated metrics). Tasks hold the model parts as attributes;
 whatever lives under ``self.backbone`` is the pretrained trunk, everything else is new.
 """
 
@@ -9,7 +11,9 @@ import math
 from typing import Any
 
 import lightning as L
+import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 
@@ -17,12 +21,36 @@ from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 class BaseTask(L.LightningModule):
     backbone: nn.Module
 
-    def __init__(self, optim: dict[str, Any], finetune: dict[str, Any]) -> None:
+    # DDP must look for parameters without gradients in every backward (the GAN: two optimisers, each step trains
+    # one network). Other tasks keep it off; the freeze schedule re-wraps instead (see `_sync_ddp`).
+    ddp_find_unused_parameters = False
+
+    def __init__(
+        self, optim: dict[str, Any], finetune: dict[str, Any], channels_last: bool = False, compile: bool = False
+    ) -> None:
         super().__init__()
         self.optim_cfg = dict(optim)
         self.finetune_cfg = dict(finetune)
+        self.channels_last = channels_last
+        self.compile_backbone = compile
         # The full metric dict (per-class values, matrices) of the last validation epoch; eval.py reads it.
         self.last_metrics: dict[str, Any] = {}
+        self._ddp_trainable: tuple[bool, ...] | None = None
+
+    # ---- speed options -----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """model.channels_last: NHWC weights (and inputs, see `to_memory_format`), faster convolutions with
+        tensor cores under 16-mixed/bf16-mixed. model.compile: torch.compile of the backbone in place
+        (``nn.Module.compile``), so parameter names and checkpoints stay those of the eager model."""
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.compile_backbone and stage == "fit" and len(list(self.backbone.parameters())):
+            self.backbone.compile()
+
+    def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and isinstance(images, torch.Tensor) and images.ndim == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     # ---- transfer learning -------------------------------------------------------------------------------
     def backbone_frozen(self, epoch: int | None = None) -> bool:
@@ -39,6 +67,63 @@ class BaseTask(L.LightningModule):
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
         self.train(self.training)
+        self._sync_ddp()
+
+    def _sync_ddp(self) -> None:
+        """Re-wrap the model in DDP when the set of trainable parameters changed (the freeze phase starting or
+        ending).
+
+        DDP registers the parameters that require grad when it wraps the model, and Lightning wraps before
+        ``on_fit_start``; a frozen backbone would then never send gradients and DDP fails at the next step
+        ("... parameters that were not used in producing the loss"). Re-wrapping through the strategy's own
+        ``configure_ddp`` (same kwargs, comm hooks) registers exactly the trainable set, so
+        ``find_unused_parameters`` stays off. Every process runs this at the same epoch boundary; the new wrapper
+        broadcasts rank 0's weights, which all ranks already share."""
+        if self._trainer is None:
+            return
+        strategy = self.trainer.strategy
+        if not isinstance(getattr(strategy, "model", None), DistributedDataParallel):
+            return
+        trainable = tuple(p.requires_grad for p in self.parameters())
+        wanted = bool(self.ddp_find_unused_parameters)
+        if trainable == self._ddp_trainable and strategy._ddp_kwargs.get("find_unused_parameters", False) == wanted:
+            return
+        if wanted:
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+        strategy.model = self
+        strategy.configure_ddp()
+        self._ddp_trainable = trainable
+
+    # ---- validation samples ------------------------------------------------------------------------------
+    def sample_indices(self, batch: dict[str, Any], batch_idx: int, n: int) -> torch.Tensor:
+        """Dataset positions of the `n` samples of a validation batch, for metrics that must count each sample
+        once across processes.
+
+        The batch's own ``index`` when the dataset provides one; else derived from the sampler Lightning uses for
+        a validation loader without shuffling (one process: sequential; DDP: ``DistributedSampler``, rank r takes
+        positions r, r + W, ... of the split padded to a multiple of W, so a position past the end is a padded copy
+        of ``position - len``)."""
+        if "index" in batch:
+            return torch.as_tensor(batch["index"]).long().reshape(-1).cpu()
+        positions, size = self._positions(batch_idx, n)
+        return positions if size is None else positions % size
+
+    def padded_samples(self, batch: dict[str, Any], batch_idx: int, n: int) -> torch.Tensor:
+        """(n,) bool: the samples of a validation batch that are a distributed sampler's padded copies (metrics
+        that sum, like a confusion matrix, skip them)."""
+        if "index" in batch:
+            return torch.zeros(n, dtype=torch.bool)
+        positions, size = self._positions(batch_idx, n)
+        return positions >= size if size is not None else torch.zeros(n, dtype=torch.bool)
+
+    def _positions(self, batch_idx: int, n: int) -> tuple[torch.Tensor, int | None]:
+        loaders = self.trainer.val_dataloaders if self._trainer is not None else None
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        size = getattr(loader, "batch_size", None)
+        if loader is None or size is None:
+            return torch.full((n,), -1, dtype=torch.long), None
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        return (batch_idx * size + torch.arange(n)) * world + rank, len(loader.dataset)
 
     def train(self, mode: bool = True) -> BaseTask:
         super().train(mode)
@@ -53,6 +138,10 @@ class BaseTask(L.LightningModule):
         return bool(params) and not any(p.requires_grad for p in params)
 
     def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # Each process its own random stream (dropout, mixup, GAN noise, DiffAugment), as timm's train script
+            # seeds seed + rank; the weights stay identical (DDP broadcasts rank 0's).
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
         self.apply_freeze()
 
     def on_train_epoch_start(self) -> None:

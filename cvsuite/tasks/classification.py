@@ -35,6 +35,8 @@ class ClassificationModelConfig:
     label_smoothing: float = 0.0  # ce
     focal_gamma: float = 2.0
     class_weights: list[float] | Literal["balanced"] | None = None  # list per class, or inverse frequency
+    channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
+    compile: bool = False  # torch.compile the backbone (GPU; slow to start, rarely worth it on a CPU)
 
 
 class ClassificationTask(BaseTask):
@@ -58,8 +60,10 @@ class ClassificationTask(BaseTask):
         cutmix_alpha: float = 0.0,
         eval_pipeline: dict[str, Any] | None = None,  # checkpoints before the data contract only
         image_size: int = 224,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optim, finetune)
+        super().__init__(optim, finetune, channels_last, compile)
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights, drop_path_rate=drop_path_rate)
         self.head = ClassifierHead(self.backbone.num_features, len(class_names), dropout, head_init)
@@ -81,7 +85,7 @@ class ClassificationTask(BaseTask):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) normalised -> logits (N, num_classes)."""
-        return self.head(self.backbone(images))
+        return self.head(self.backbone(self.to_memory_format(images)))
 
     def export_module(self) -> torch.nn.Module:
         """The network without the Lightning wrapper: normalised images -> logits (for TorchScript)."""
@@ -104,14 +108,16 @@ class ClassificationTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["label"])
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
-        self.metrics.update(self.scores(logits), batch["label"])
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
+        self.metrics.update(self.scores(logits), batch["label"], self.sample_indices(batch, batch_idx, len(logits)))
 
     def on_validation_epoch_end(self) -> None:
+        # Global under DDP (states gathered, duplicates dropped): every rank logs the same value, and sync_dist
+        # makes that explicit for the checkpoint and early stopping callbacks.
         self.last_metrics = self.metrics.compute()
         scalars = {f"val_{k}": v for k, v in self.last_metrics.items() if isinstance(v, float) and k != "num_samples"}
         for key, value in scalars.items():
-            self.log(key, value, prog_bar=key == "val_accuracy")
+            self.log(key, value, prog_bar=key == "val_accuracy", sync_dist=True)
 
     @torch.no_grad()
     def predict_images(self, images: list[np.ndarray], batch_size: int = 32) -> torch.Tensor:

@@ -40,6 +40,8 @@ class DetectionModelConfig:
     max_detections: int = 100  # per image, after NMS
     draw_score_thresh: float = 0.5  # predict: boxes drawn on the images (the JSON keeps all above score_thresh)
     eval_backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"  # same numbers; the second is faster
+    channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
+    compile: bool = False  # torch.compile the backbone (GPU; slow to start, rarely worth it on a CPU)
 
 
 class DetectionTask(BaseTask):
@@ -63,8 +65,10 @@ class DetectionTask(BaseTask):
         eval_backend: str = "pycocotools",
         image_size: int = 512,
         eval_pipeline: dict[str, Any] | None = None,  # checkpoints before the data contract only
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optim, finetune)
+        super().__init__(optim, finetune, channels_last, compile)
         self.save_hyperparameters()
         self.detector = Detector(
             architecture,
@@ -101,7 +105,7 @@ class DetectionTask(BaseTask):
         for name, value in losses.items():
             # '<stage>_<part>_loss' so the run's curves put every part on the loss panel.
             part = name.removeprefix("loss_")
-            self.log(f"{stage}_{part}_loss", value, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"{stage}_{part}_loss", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -116,29 +120,34 @@ class DetectionTask(BaseTask):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.evaluator = DetectionEvaluator(
             self.hparams.class_names, self.hparams.eval_backend, getattr(dm, "category_ids", None)
-        )
+        ).to(self.device)
         self._mosaic = []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
         preds = self.detector(images)
         loss = self._log_losses("val", self.detector.losses(images, batch["target"]), len(images))
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
         self.evaluator.update(
-            to_original(preds, images, batch["orig_size"]), batch["gt"], batch["image_id"], batch["orig_size"]
+            to_original(preds, images, batch["orig_size"]),
+            batch["gt"],
+            batch["image_id"],
+            batch["orig_size"],
+            self.sample_indices(batch, batch_idx, len(images)).tolist(),
         )
         for image, pred, target in zip(images, preds, batch["target"]):
             if len(self._mosaic) < MOSAIC_IMAGES:
                 self._mosaic.append({"image": self._to_uint8(image), "pred": _cpu(pred), "target": _cpu(target)})
 
     def on_validation_epoch_end(self) -> None:
+        # Every process's images gathered and scored once: the same value on every rank.
         self.last_metrics = self.evaluator.compute()
         for key in STAT_KEYS:
             value = self.last_metrics.get(key, -1.0)
             # -1 = no ground truth of that size: nothing to plot. map/map_50 are always logged (the checkpoint
             # monitors val_map), even for a validation split without objects.
             if value >= 0 or key in ("map", "map_50"):
-                self.log(f"val_{key}", value, prog_bar=key in ("map", "map_50"))
+                self.log(f"val_{key}", value, prog_bar=key in ("map", "map_50"), sync_dist=True)
 
     def write_predictions(self, path: str | Path) -> Path:
         """The last validation's detections as a COCO results JSON (the data's image and category ids)."""

@@ -34,6 +34,7 @@ from cvsuite.models.generation import (
 )
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 from cvsuite.tasks import TaskSpec
+from cvsuite.tasks.base import BaseTask
 
 log = logging.getLogger("cvsuite")
 DISCRIMINATORS = ("projected", "dcgan")
@@ -62,6 +63,8 @@ class GenerationModelConfig:
     kid_subset_size: int = 100  # images per KID subset (capped at the number of images)
     inception_weights: str | None = None  # torch-fidelity's Inception weights file: adds the classic fid_inception
     grid_size: int = 64  # fixed-noise samples drawn into <run>/samples/epoch_NNN.png
+    channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
+    compile: bool = False  # torch.compile the discriminator's frozen backbone (GPU; slow to start)
 
 
 def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
@@ -80,15 +83,19 @@ def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
         )
 
 
-class GenerationTask(L.LightningModule):
+class GenerationTask(BaseTask):
     """GAN system: generator, discriminator, EMA generator, DiffAugment; two optimisers stepped by hand.
 
     ``self.backbone`` is the projected discriminator's frozen pretrained trunk (an empty module for the DCGAN
     discriminator). ``forward(z, labels)`` samples from the EMA generator: (N, 3, S, S) in [-1, 1].
 
-    Not a `BaseTask`: the trunk stays frozen for the whole run, so none of the fine-tuning schedule (unfreezing,
-    backbone lr, layer decay, L1 on a head) applies; `_check_no_finetune` refuses those keys instead.
+    A `BaseTask` for what every task shares under DDP and on GPUs (the DDP wrapper, sample positions, channels_last,
+    compile); the trunk stays frozen for the whole run, so none of the fine-tuning schedule (unfreezing, backbone lr,
+    layer decay, L1 on a head) applies and `_check_no_finetune` refuses those keys.
     """
+
+    # Under DDP each manual backward trains one network only (D's step leaves G without gradients and back).
+    ddp_find_unused_parameters = True
 
     def __init__(
         self,
@@ -118,13 +125,13 @@ class GenerationTask(L.LightningModule):
         inception_weights: str | None = None,
         grid_size: int = 64,
         seed: int = 42,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(optim, finetune, channels_last, compile)
         self.save_hyperparameters()
         self.automatic_optimization = False
         _check_no_finetune(optim, finetune)
-        self.optim_cfg = dict(optim)
-        self.last_metrics: dict[str, Any] = {}  # the full metric dict of the last validation; eval.py reads it
         discriminator_loss([torch.zeros(1)], [torch.zeros(1)], loss)  # fail on an unknown loss now, not at step 1
         self.num_classes = len(class_names) if class_names else 0
         self.generator = create_generator(
@@ -158,6 +165,9 @@ class GenerationTask(L.LightningModule):
     def backbone(self) -> nn.Module:
         """The projected discriminator's frozen pretrained trunk (an empty module for the DCGAN discriminator)."""
         return getattr(self.discriminator, "backbone", self._no_backbone)
+
+    def backbone_frozen(self, epoch: int | None = None) -> bool:
+        return True
 
     def train(self, mode: bool = True) -> GenerationTask:
         super().train(mode)
@@ -261,21 +271,32 @@ class GenerationTask(L.LightningModule):
         # Real statistics are extracted once per run: the real set does not change between epochs.
         self.metrics().reset(real=not self._real_cached)
 
+    def sample_noise(self, indices: torch.Tensor) -> torch.Tensor:
+        """(N, latent_dim): the noise of validation sample i is seeded by its dataset index, so the fakes are the
+        same every epoch (FID follows the generator, not the draw) and the same for any number of processes."""
+        seeds = (self.hparams.seed + 1000 + indices).tolist()
+        z = [torch.randn(self.hparams.latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.stack(z).to(self.device)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         real = batch["image"]
+        n = real.shape[0]
+        indices = self.sample_indices(batch, batch_idx, n)
+        if (indices < 0).any():
+            indices = batch_idx * n + torch.arange(n)
         if not self._real_cached:
-            self.metrics().update(to_unit(real), real=True)
+            self.metrics().update(to_unit(real), real=True, indices=indices)
         labels = batch["label"] if self.num_classes else None
-        # The same noise every epoch, so FID over time follows the generator, not the draw.
-        fake = self(self.noise(real.shape[0], self.hparams.seed + 1000 + batch_idx), labels)
-        self.metrics().update(to_unit(fake), real=False)
+        fake = self(self.sample_noise(indices), labels)
+        self.metrics().update(to_unit(fake), real=False, indices=indices)
 
     def on_validation_epoch_end(self) -> None:
         self.last_metrics = self.metrics().compute()
         # The sanity check sees only a few batches: its real statistics must not be kept.
         self._real_cached = not self.trainer.sanity_checking
-        self.log("val_fid", self.last_metrics["fid"], prog_bar=True)
-        self.log("val_kid", self.last_metrics["kid"], prog_bar=True)
+        # Features gathered from every process: the same value on every rank.
+        self.log("val_fid", self.last_metrics["fid"], prog_bar=True, sync_dist=True)
+        self.log("val_kid", self.last_metrics["kid"], prog_bar=True, sync_dist=True)
 
 
 class SampleGrid(Callback):

@@ -43,6 +43,8 @@ class SegmentationModelConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0  # ce, ce_dice
     class_weights: list[float] | Literal["balanced"] | None = None  # list per class, or inverse pixel frequency
+    channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
+    compile: bool = False  # torch.compile the backbone (GPU; slow to start, rarely worth it on a CPU)
 
 
 class SegmentationTask(BaseTask):
@@ -65,8 +67,10 @@ class SegmentationTask(BaseTask):
         ignore_index: int = 255,
         value_map: dict[Any, int] | None = None,  # checkpoints before the data contract only
         eval_pipeline: dict[str, Any] | None = None,  # checkpoints before the data contract only
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optim, finetune)
+        super().__init__(optim, finetune, channels_last, compile)
         self.save_hyperparameters()
         if class_weights and len(class_weights) != len(class_names):
             raise ConfigError(f"model.class_weights has {len(class_weights)} values for {len(class_names)} classes")
@@ -85,7 +89,7 @@ class SegmentationTask(BaseTask):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) normalised -> logits (N, num_classes, H, W)."""
-        return self.net(images)
+        return self.net(self.to_memory_format(images))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"]) + self.l1_penalty()
@@ -99,7 +103,11 @@ class SegmentationTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch["image"])
         losses = []
+        # A distributed sampler's padded copies would be summed into the confusion matrix twice: skip them.
+        padded = self.padded_samples(batch, batch_idx, len(logits)).tolist()
         for i, (image_size, mask_size) in enumerate(zip(batch["image_sizes"].tolist(), batch["mask_sizes"].tolist())):
+            if padded[i]:
+                continue
             # Crop the padding off, then score at the mask's own resolution (the image may have been resized).
             pred_logits = logits[i : i + 1, :, : image_size[0], : image_size[1]]
             if image_size != mask_size:
@@ -110,13 +118,15 @@ class SegmentationTask(BaseTask):
             self.metrics.update(pred, target)
             if len(self.examples) < NUM_EXAMPLES:
                 self.examples.append((batch["path"][i], _small(target[0]), _small(pred[0])))
-        self.log("val_loss", torch.stack(losses).mean(), on_epoch=True, prog_bar=True, batch_size=len(losses))
+        if losses:
+            loss = torch.stack(losses).mean()
+            self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(losses), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self.last_metrics = self.metrics.compute()
         for key in ("miou", "dice", "pixel_accuracy"):
             if self.last_metrics[key] is not None:
-                self.log(f"val_{key}", self.last_metrics[key], prog_bar=key == "miou")
+                self.log(f"val_{key}", self.last_metrics[key], prog_bar=key == "miou", sync_dist=True)
 
     def eval_pipeline(self) -> A.Compose:
         """The checkpoint's preprocessing (its data contract); the backbone's default for a fresh module."""
