@@ -21,9 +21,10 @@ import torch
 import yaml
 
 from cvsuite.config import ConfigError, from_dict
-from cvsuite.data.detection import make_shapes, write_split
+from cvsuite.data.formats import write_split
 from cvsuite.distributed import check_trainer
 from cvsuite.models.backbone import create_backbone
+from cvsuite.testing import make_shapes
 from tests.conftest import TINY_BACKBONE, colour_image, tiny_recipe, write_class_folders
 from tests.test_detection_tools import tiny_detection_recipe
 from tests.test_generation_task import blob_images, gan_recipe

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from cvsuite.config import from_dict
-from cvsuite.data.detection import make_shapes, write_split
+from cvsuite.data.formats import write_split
 from cvsuite.models.backbone import create_backbone
 from cvsuite.run import load_checkpoint, train
+from cvsuite.testing import make_shapes
 from tests.conftest import TINY_BACKBONE, tiny_recipe, write_class_folders
 from tests.test_detection_tools import tiny_detection_recipe
 from tests.test_generation_task import blob_images, gan_recipe

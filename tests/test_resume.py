@@ -19,8 +19,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import cvsuite.run
 from cvsuite.config import from_dict
-from cvsuite.data.detection import make_shapes, write_split
+from cvsuite.data.formats import write_split
 from cvsuite.run import train
+from cvsuite.testing import make_shapes
 from cvsuite.trainer import TrainingInterrupted
 from tests.conftest import tiny_recipe, write_class_folders
 from tests.test_detection_tools import tiny_detection_recipe
