@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from cvsuite.checkpoint import CONFIG_KEY
 from cvsuite.config import Config
+from cvsuite.console import EpochLine
 from cvsuite.tasks import TaskSpec
 
 
@@ -75,5 +76,9 @@ def build_trainer(cfg: Config, spec: TaskSpec, run_dir: Path, **overrides: Any) 
     if cfg.run.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
     kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}
+    if cfg.run.verbose:
+        callbacks.append(EpochLine(monitor, mode))
+    else:
+        kwargs["enable_progress_bar"] = False
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     return L.Trainer(callbacks=callbacks, logger=logger, **kwargs), ckpt
