@@ -116,6 +116,8 @@ def _detection(cfg: Any, report: Report) -> None:
     kw = {"fmt": d.format, "min_size": d.min_box_size, "use_difficult": d.use_difficult, "root": root}
     kw["names_file"] = d.names_file
     folders = {"train": root / "train", "val": root / "val"} if (root / "train").is_dir() else {"train": root}
+    if "val" not in folders:
+        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
     names = None
     for split, folder in folders.items():
         if not folder.is_dir():

@@ -73,7 +73,7 @@ class _Detect(nn.Module):
 
 
 def _network(module: Any, task: str) -> tuple[nn.Module, list[str], bool]:
-    """(network, output names, whether the batch and spatial sizes may vary)."""
+    """(network, output names, whether the batch size may vary)."""
     if task == "classification":
         return _Scores(module, bool(module.hparams.get("multilabel"))), ["scores"], True
     if task == "segmentation":
@@ -92,7 +92,10 @@ def _write_onnx(net: nn.Module, example: torch.Tensor, path: Path, outputs: list
         import onnx  # noqa: F401
     except ImportError as err:
         raise ImportError("ONNX export needs onnx and onnxruntime: pip install 'cvsuite[onnx]'") from err
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{o: {0: "batch"} for o in outputs}} if dynamic else None
+    # Detection: one image of any size (boxes come per image); the other tasks: any batch and size.
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{o: {0: "batch"} for o in outputs}}
+    if not dynamic:
+        axes = {"images": {2: "height", 3: "width"}, **{o: {0: "detections"} for o in outputs}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
         torch.onnx.export(
@@ -249,7 +252,7 @@ def write_sidecar(module, cfg, ckpt, path: Path, fmt: str, outputs, shape, dynam
         "checkpoint": str(ckpt),
         "input": {
             "name": "images",
-            "shape": ["N" if dynamic else 1, 3, "H" if dynamic else shape[2], "W" if dynamic else shape[3]],
+            "shape": ["N" if dynamic else 1, 3, "H", "W"],
             "example_size": [int(shape[2]), int(shape[3])],
             "layout": "NCHW float32 RGB: pixels / 255, minus mean, divided by std",
         },
