@@ -295,7 +295,11 @@ def train(
 ) -> Path:
     """Train a recipe, e.g. ``train("configs/classification/finetune.yaml", {"data.root": "data/x"})``; returns
     the run folder (``checkpoints/best.ckpt``, ``metrics.json``, plots)."""
-    from cvsuite import run
+    from cvsuite import console, run
     from cvsuite.config import load_config
 
-    return run.train(load_config(config, override_args(overrides)), resume=resume)
+    cfg = load_config(config, override_args(overrides))
+    console.setup(cfg.run.verbose)
+    run_dir = run.train(cfg, resume=resume)
+    console.print_best(run_dir, cfg)
+    return run_dir

@@ -153,26 +153,48 @@ def print_best(run_dir: Path, cfg: Any) -> None:
     print(f"best {monitor} {_fmt(row[monitor])} at epoch {row['epoch'] + 1}{extra}", file=sys.stderr)
 
 
+COCO_LINES = (
+    ("map", "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"),
+    ("map_50", "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]"),
+    ("map_75", "Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ]"),
+    ("map_small", "Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]"),
+    ("map_medium", "Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]"),
+    ("map_large", "Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]"),
+    ("mar_100", "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"),
+)
+
+
+def _per_class_columns(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """column name -> class name -> value, from ``{class: {metric: v}}`` and ``{class: v}`` entries."""
+    names = [str(n) for n in metrics.get("class_names") or []]
+    columns: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        if not isinstance(value, dict) or not value or (names and not set(map(str, value)) <= set(names)):
+            continue
+        inner = list(value.values())
+        if all(isinstance(x, dict) for x in inner):
+            for cls, row in value.items():
+                for metric, v in row.items():
+                    columns.setdefault(metric, {})[str(cls)] = v
+        elif all(isinstance(x, (int, float)) or x is None for x in inner):
+            columns[key] = {str(k): v for k, v in value.items()}
+    return columns
+
+
 def metrics_table(metrics: dict[str, Any]) -> str:
-    """Readable eval output: the scalar metrics, then any per-class mapping (``per_class_*`` / ``*_per_class``) as
-    one row per class, then a detection COCO summary when present."""
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    per_class = {
-        k: v
-        for k, v in metrics.items()
-        if isinstance(v, dict) and v and all(isinstance(x, (int, float)) or x is None for x in v.values())
-    }
-    lines = ["metrics:"] + [f"  {k:<22} {_fmt(v)}" for k, v in scalars.items()]
-    if per_class:
-        names = list(dict.fromkeys(n for table in per_class.values() for n in table))
-        cols = list(per_class)
-        width = max(8, *(len(str(n)) for n in names))
-        lines.append("")
-        lines.append(f"  {'class':<{width}} " + " ".join(f"{c:>14}" for c in cols))
+    """Readable eval output: the COCO summary (detection) or the scalar metrics, then one row per class."""
+    lines = []
+    if all(k in metrics for k, _ in COCO_LINES):
+        lines += [f" {text} = {metrics[k]:.3f}" for k, text in COCO_LINES]
+    else:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        lines += ["metrics:"] + [f"  {k:<22} {_fmt(v)}" for k, v in scalars.items()]
+    columns = _per_class_columns(metrics)
+    if columns:
+        names = list(dict.fromkeys(n for col in columns.values() for n in col))
+        width = max(8, *(len(n) for n in names))
+        lines += ["", f"  {'class':<{width}} " + " ".join(f"{c:>17}" for c in columns)]
         for n in names:
-            cells = [per_class[c].get(n) for c in cols]
-            lines.append(f"  {n!s:<{width}} " + " ".join(f"{'-' if v is None else _fmt(v):>14}" for v in cells))
-    summary = metrics.get("coco_summary")
-    if isinstance(summary, str):
-        lines += ["", summary]
+            cells = [columns[c].get(n) for c in columns]
+            lines.append(f"  {n:<{width}} " + " ".join(f"{'-' if v is None else _fmt(v):>17}" for v in cells))
     return "\n".join(lines)
