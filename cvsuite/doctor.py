@@ -182,10 +182,10 @@ def _regression(cfg: Any, report: Report) -> None:
     from cvsuite.data.regression import read_targets
 
     root = _root(cfg)
-    train = read_targets(root / cfg.data.train_csv, root)
+    train = read_targets(root / cfg.data.train_csv, cfg.data.targets)
     report.splits["train"] = [Item(p) for p in train.paths]
     if cfg.data.val_csv:
-        report.splits["val"] = [Item(p) for p in read_targets(root / cfg.data.val_csv, root).paths]
+        report.splits["val"] = [Item(p) for p in read_targets(root / cfg.data.val_csv, train.names).paths]
     report.unit = ""
 
 
