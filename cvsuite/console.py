@@ -198,3 +198,30 @@ def metrics_table(metrics: dict[str, Any]) -> str:
             cells = [columns[c].get(n) for c in columns]
             lines.append(f"  {n:<{width}} " + " ".join(f"{'-' if v is None else _fmt(v):>17}" for v in cells))
     return "\n".join(lines)
+
+
+class TensorBoardSamples(Callback):
+    """A few sample predictions in TensorBoard each validation epoch: the GAN's fixed-noise grid, and for
+    segmentation the first validation images' truth and prediction side by side (class colours)."""
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = trainer.logger
+        if trainer.sanity_checking or not isinstance(logger, TensorBoardLogger) or trainer.global_rank != 0:
+            return
+        step = trainer.current_epoch
+        if hasattr(module, "sample_grid"):
+            from torchvision.utils import make_grid
+
+            logger.experiment.add_image("samples", make_grid(module.sample_grid().cpu(), nrow=4), step)
+        elif getattr(module, "examples", None):
+            import numpy as np
+
+            from cvsuite.tasks.segmentation import colorize, palette
+
+            colours = palette(len(module.hparams.class_names))
+            ignore = module.hparams.ignore_index
+            for i, (_, truth, pred) in enumerate(module.examples[:4]):
+                pair = np.concatenate([colorize(truth, colours, ignore), colorize(pred, colours)], axis=1)
+                logger.experiment.add_image(f"val_example_{i}/truth_prediction", pair, step, dataformats="HWC")

@@ -9,12 +9,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from cvsuite.checkpoint import CONFIG_KEY
 from cvsuite.config import Config
-from cvsuite.console import EpochLine
+from cvsuite.console import EpochLine, TensorBoardSamples
 from cvsuite.tasks import TaskSpec
 
 
@@ -71,6 +77,7 @@ def build_trainer(cfg: Config, spec: TaskSpec, run_dir: Path, **overrides: Any) 
         enable_version_counter=False,
     )
     callbacks: list[Callback] = [ckpt, EpochMetricsFile(run_dir / "metrics.csv"), SaveConfig(cfg)]
+    callbacks += [LearningRateMonitor(logging_interval="epoch"), TensorBoardSamples()]  # lr and samples
     if cfg.run.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.run.early_stopping_patience))
     if cfg.run.ema_decay is not None:

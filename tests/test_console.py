@@ -13,6 +13,8 @@ import yaml
 from cvsuite.console import _DropHeadKeys, best_epoch
 from tests.conftest import tiny_recipe
 
+pytest_plugins = ["tests.surface_fixtures"]  # seg_run
+
 REPO = Path(__file__).resolve().parents[1]
 NOISE = (
     "litlogger",
@@ -78,3 +80,15 @@ def test_best_epoch_reads_the_monitored_column(tmp_path):
     assert best_epoch(tmp_path / "m.csv", "val_map", "max")["epoch"] == 1
     assert best_epoch(tmp_path / "m.csv", "val_loss", "min")["epoch"] == 2
     assert best_epoch(tmp_path / "m.csv", "val_fid", "min") is None
+
+
+def test_tensorboard_holds_the_learning_rate_and_sample_predictions(seg_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run = seg_run
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert any(tag.startswith("lr-") for tag in events.Tags()["scalars"])
+    images = events.Tags()["images"]
+    assert "val_example_0/truth_prediction" in images
+    img = events.Images("val_example_0/truth_prediction")[0]
+    assert img.width > img.height  # truth and prediction side by side
