@@ -52,7 +52,7 @@ def write_split(photos: dict[str, np.ndarray], root: Path, csv_name: str, per_ph
     with (root / csv_name).open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "zoom"])
-        for name, img in photos.items():
+        for img in photos.values():
             h, w_ = img.shape[:2]
             for _ in range(per_photo):
                 z = rng.uniform(1, min(4, min(h, w_) / 64))
