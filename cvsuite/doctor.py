@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,13 +212,15 @@ def check_dataset(cfg: Any, quick: bool = False) -> Report:
     logger = logging.getLogger("cvsuite")
     logger.addHandler(collect)
     try:
-        READERS[cfg.task](cfg, report)
+        with warnings.catch_warnings(record=True) as caught:  # the readers warn about clipped / dropped boxes
+            warnings.simplefilter("always", UserWarning)
+            READERS[cfg.task](cfg, report)
     except DatasetError as err:
         report.errors.append(str(err))
         return report
     finally:
         logger.removeHandler(collect)
-    report.warnings += collect.messages
+    report.warnings += collect.messages + [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     _check_images(report, quick)
     if not report.counts:
         report.counts = _class_counts(report)
@@ -285,12 +288,23 @@ def _check_boxes(report: Report) -> None:
 
 
 def _check_overlap(report: Report) -> None:
+    """Val images whose bytes equal a train image's; only files of a size found in both splits are hashed."""
     if "val" not in report.splits:
         return
+
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:
+            return -1
+
+    train, val = report.splits["train"], report.splits["val"]
+    shared = {size(i.path) for i in train} & {size(i.path) for i in val}
     digests: dict[str, Path] = {}
-    for item in report.splits["train"]:
-        digests.setdefault(_digest(item.path), item.path)
-    same = [(digests[d], item.path) for item in report.splits["val"] if (d := _digest(item.path)) in digests]
+    for item in train:
+        if size(item.path) in shared:
+            digests.setdefault(_digest(item.path), item.path)
+    same = [(digests[d], i.path) for i in val if size(i.path) in shared and (d := _digest(i.path)) in digests]
     if same:
         shown = "; ".join(f"{a} = {b}" for a, b in same[:5])
         report.errors.append(f"{len(same)} val image(s) are also in train (same bytes): {shown}")

@@ -67,6 +67,11 @@ def test_detection_orphan_labels_and_images_without_objects(tmp_path):
     counts = summarise_counts(report)
     assert sum(counts["train"].values()) == sum(len(r.labels) for r in records[:4])
     assert report.unit == "objects"
+    label = next((root / "train/labels").glob("shape_001.txt"))
+    label.write_text(label.read_text() + "0 0.5 0.5 0.0 0.3\n0 0.95 0.5 0.3 0.3\n")  # degenerate, outside
+    found = check_dataset(cfg).warnings
+    assert any("degenerate" in w and "shape_001" in w for w in found)
+    assert any("outside" in w and "shape_001" in w for w in found)
     (root / "train/labels/ghost.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # a label file without its image
     assert any("ghost.txt" in e and "no image" in e for e in check_dataset(cfg).errors)
 

@@ -102,3 +102,10 @@ def test_what_cannot_be_exported_is_named(cls_run, tmp_path, capsys):
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
     assert main(["export", "--ckpt", ckpt, "--output", str(tmp_path), "--images", str(tmp_path / "none")]) == 2
     assert "none: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_task_without_an_export_is_named():
+    from cvsuite.export import _network
+
+    with pytest.raises(ValueError, match="generation checkpoints cannot be exported"):
+        _network(object(), "generation")
