@@ -37,7 +37,8 @@ SIZES = {"classification": (224, 64), "detection": (512, 16), "segmentation": (2
 
 def write_data(task: str, root: Path, side: int, n: int = 64) -> Path:
     """Generated shapes on noise in the layout the task reads (boxes and masks exact)."""
-    from cvsuite.data.detection import make_shapes, write_split
+    from cvsuite.data.formats import write_split
+    from cvsuite.testing import make_shapes
 
     records, names = make_shapes(root / "raw", n=n, size=(side, side), seed=0)
     if task == "detection":

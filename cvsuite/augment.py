@@ -7,7 +7,8 @@ Presets ``none`` / ``light`` / ``strong`` per task:
   colour; boxes move with the image (``bbox_params``);
 - segmentation: scale-preserving random crops + flip (+ rotation, colour, blur); masks follow with nearest
   neighbour and borders filled with ``ignore_index``;
-- generation: flips only (``data.hflip``).
+- generation: flips only (``data.hflip``);
+- regression: resize + flip (+ colour when strong), never a crop.
 
 A custom pipeline in the recipe is albumentations' own serialisation (``A.to_dict`` / ``A.from_dict``).
 `choose` picks "checkpoint -> custom -> preset" for all tasks, and `seed_pipelines` is the one seeding
@@ -142,6 +143,18 @@ def generation_resize(size: int) -> A.Compose:
 
 def generation_train(hflip: bool, mean, std) -> A.Compose:
     return A.Compose(([A.HorizontalFlip(p=0.5)] if hflip else []) + normalize(mean, std))
+
+
+# ---- regression ----------------------------------------------------------------------------------------------------
+def regression_train(preset: str, size: int, mean, std) -> A.Compose:
+    """Whole-image resize plus flips (+ colour when strong): no random crop, which would change targets measured on
+    the whole image (counts, areas, zoom)."""
+    ops: list[A.BasicTransform] = [A.Resize(size, size)]
+    if preset != "none":
+        ops.append(A.HorizontalFlip())
+    if preset == "strong":
+        ops.append(A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5))
+    return A.Compose(ops + normalize(mean, std))
 
 
 # ---- choosing and seeding -----------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class RunConfig:
     early_stopping_patience: int | None = None  # epochs without improvement; None = off
     ema_decay: float | None = None  # EMA of weights (e.g. 0.999); None = off
     plots: bool = True
+    verbose: bool = True  # progress bar and one line per epoch; false (or --quiet) for scripts
 
 
 TRAINER_DEFAULTS: dict[str, Any] = {

@@ -19,13 +19,20 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cvsuite.augment import seed_pipelines
 from cvsuite.checkpoint import CONFIG_KEY
 from cvsuite.config import Config
+from cvsuite.console import EpochLine, TensorBoardSamples
 from cvsuite.data.common import RANK_STRIDE
 from cvsuite.tasks import TaskSpec
 
@@ -181,6 +188,8 @@ def build_trainer(
         SaveConfig(cfg),
         RandomState(),
         AugmentationSeed(cfg.run.seed),
+        LearningRateMonitor(logging_interval="epoch"),
+        TensorBoardSamples(),  # lr and sample images in TensorBoard
     ]
     best = last
     if validates(cfg):
@@ -201,5 +210,9 @@ def build_trainer(
     if cfg.run.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
     kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}
+    if cfg.run.verbose:
+        callbacks.append(EpochLine(monitor, mode))
+    else:
+        kwargs["enable_progress_bar"] = False
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     return L.Trainer(callbacks=callbacks, logger=logger, **kwargs), best, last

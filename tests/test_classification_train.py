@@ -190,16 +190,3 @@ def test_cli_contract(trained, tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "p" / "predictions.json").is_file()
-
-
-def test_export_torchscript_reproduces_the_checkpoint(trained, tmp_path):
-    data, run_dir = trained
-    ckpt = run_dir / "checkpoints" / "best.ckpt"
-    assert _tool("export").main(["--ckpt", str(ckpt), "--output", str(tmp_path / "model")]) == 0
-    scripted = torch.jit.load(str(tmp_path / "model.pt"))
-    meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["class_names"] == ["blue", "red"] and meta["input"]["shape"] == [None, 3, 32, 32]
-    module, _, _ = load_checkpoint(ckpt)
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(scripted(x), module.eval()(x), atol=1e-5)

@@ -16,7 +16,7 @@ import torch
 from cvsuite.config import from_dict
 from cvsuite.data.formats import write_split
 from cvsuite.models.backbone import create_backbone
-from cvsuite.run import load_checkpoint, train
+from cvsuite.run import load_run, train
 from cvsuite.testing import make_shapes
 from tests.conftest import TINY_BACKBONE, tiny_recipe, write_class_folders
 from tests.test_detection_tools import tiny_detection_recipe
@@ -84,8 +84,8 @@ def test_bf16_mixed_trains_every_task_with_fp32_metrics(task, tmp_path):
     scalars = [v for v in metrics.values() if isinstance(v, float)]
     assert scalars and all(math.isfinite(v) for v in scalars)
 
-    module, cfg, spec = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    dm = spec.build_datamodule(cfg, module)
+    module, cfg, spec, state = load_run(run / "checkpoints" / "last.ckpt")
+    dm = spec.build_datamodule(cfg, state)
     dm.setup("validate")
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, **BF16, devices=1)
     trainer.validate(module, datamodule=dm, verbose=False)

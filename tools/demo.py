@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from cvsuite import console
 from cvsuite.cli import main_wrapper, parse
 from cvsuite.config import load_config
 from cvsuite.demo_data import write_faces
@@ -29,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         cfg = load_config(args.config, overrides)
+        console.setup(cfg.run.verbose)
         write_faces(cfg.data.root)
         run_dir = train(cfg)
+        console.print_best(run_dir, cfg)
         best = run_dir / "checkpoints" / "best.ckpt"
         metrics = evaluate(best)
         out = predict(best, Path(cfg.data.root) / "val", run_dir / "predictions")

@@ -1,31 +1,20 @@
-"""Export a checkpoint to TorchScript (<output>.pt) with a JSON sidecar (class names, input size, preprocessing).
+"""Export a checkpoint to ONNX (DIR/model.onnx) or TorchScript (DIR/model.pt) with a JSON sidecar, then
+check the exported model against PyTorch on real images (exit 1 above the tolerance; the file is kept).
 
-python tools/export.py --ckpt runs/exp/checkpoints/best.ckpt --output exported/model
+python tools/export.py --ckpt runs/exp/checkpoints/best.ckpt --format onnx --output exported/
+
+Same as `cvsuite export ...`; `python tools/export.py --help` lists the flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from cvsuite.cli import main_wrapper, parse
+from cvsuite.commands import tool_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by tools/train.py")
-    parser.add_argument("--output", required=True, help="path without suffix; .pt and .json are written")
-    parser.add_argument("--config", help="recipe YAML (default: the one stored in the checkpoint)")
-    args, overrides = parse(parser, argv)
-
-    def run() -> None:
-        from cvsuite.export import export_torchscript
-
-        print(f"exported: {export_torchscript(args.ckpt, args.output, args.config, overrides)}")
-
-    return main_wrapper(run)
+    return tool_main("export", argv)
 
 
 if __name__ == "__main__":

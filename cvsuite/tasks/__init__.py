@@ -52,6 +52,7 @@ TASK_MODULES = {
     "detection": "cvsuite.tasks.detection",
     "segmentation": "cvsuite.tasks.segmentation",
     "generation": "cvsuite.tasks.generation",
+    "regression": "cvsuite.tasks.regression",
 }
 
 

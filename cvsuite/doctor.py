@@ -1,0 +1,368 @@
+"""The dataset doctor: read a recipe's data the way training will and report what a person can act on before an
+hour of training: images and objects (or pixels) per class and split, image sizes, imbalance, unreadable or
+truncated files, orphan labels, images without labels, bad boxes, mask values that are no class, the same file in
+train and val. ``cvsuite check`` prints the table; training runs a quick version (no full decode) first.
+
+Also here: the ground truth of a detection validation split as COCO JSON (``eval --predictions``), whatever the
+data's own format, so outside COCO tools can map the results' ``image_id`` back to files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cvsuite.data.common import DatasetError, check_image, list_images
+
+IMBALANCE_RATIO = 5.0  # most / least frequent class above this: suggest class weights or focal loss
+
+
+@dataclass
+class Item:
+    """One image of a split and its truth: class ids (one per image or per object); boxes for detection."""
+
+    path: Path
+    classes: list[int] = field(default_factory=list)
+    boxes: np.ndarray | None = None
+    mask: Path | None = None
+
+
+@dataclass
+class Report:
+    task: str
+    class_names: list[str] = field(default_factory=list)
+    splits: dict[str, list[Item]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    counts: dict[str, Counter] = field(default_factory=dict)  # split -> class id -> images/objects/pixels
+    unit: str = "images"
+    quick: bool = False  # headers only, no mask scan: the check at the start of training
+    sizes: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [f"dataset check ({self.task})"]
+        if self.class_names and self.counts:
+            splits = list(self.counts)
+            width = max(10, *(len(n) for n in self.class_names))
+            lines.append(f"  {self.unit} per class:")
+            lines.append(f"    {'class':<{width}} " + " ".join(f"{s:>10}" for s in splits))
+            for i, name in enumerate(self.class_names):
+                lines.append(f"    {name:<{width}} " + " ".join(f"{self.counts[s].get(i, 0):>10}" for s in splits))
+        for split, items in self.splits.items():
+            line = f"  {split}: {len(items)} images"
+            if split in self.sizes:
+                lo, med, hi = self.sizes[split]
+                line += f", sizes (w x h) min {lo[0]}x{lo[1]}, median {med[0]}x{med[1]}, max {hi[0]}x{hi[1]}"
+            lines.append(line)
+        lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  ERROR: {e}" for e in self.errors]
+        if not self.errors and not self.warnings:
+            lines.append("  no problems found")
+        return "\n".join(lines)
+
+
+class _Collect(logging.Handler):
+    """The data readers' own warnings (skipped boxes, unused masks) become report lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+# ---- reading each task's splits -----------------------------------------------------------------------------
+def _root(cfg: Any) -> Path:
+    if not cfg.data.root:
+        raise DatasetError("data.root is not set: give --data.root ROOT")
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data.root {root}: folder not found")
+    return root
+
+
+def _classification(cfg: Any, report: Report) -> None:
+    from cvsuite.data.classification import read_csv, read_folders
+
+    root = _root(cfg)
+    d = cfg.data
+    if d.train_csv:
+        train = read_csv(root / d.train_csv, d.class_names)
+        val = read_csv(root / d.val_csv, train.class_names) if d.val_csv else None
+    else:
+        train = read_folders(root / "train", d.class_names)
+        val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
+    report.class_names = train.class_names
+    report.splits["train"] = [Item(p, list(lab)) for p, lab in zip(train.paths, train.labels)]
+    if val is not None:
+        report.splits["val"] = [Item(p, list(lab)) for p, lab in zip(val.paths, val.labels)]
+    else:
+        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
+
+
+def _detection(cfg: Any, report: Report) -> None:
+    from cvsuite.data.formats import read_split
+
+    root = _root(cfg)
+    d = cfg.data
+    kw = {"fmt": d.format, "min_size": d.min_box_size, "use_difficult": d.use_difficult, "root": root}
+    kw["names_file"] = d.names_file
+    folders = {"train": root / "train", "val": root / "val"} if (root / "train").is_dir() else {"train": root}
+    if "val" not in folders:
+        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
+    names = None
+    for split, folder in folders.items():
+        if not folder.is_dir():
+            report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
+            continue
+        s = read_split(folder, class_names=names, **kw)
+        names = names or s.class_names
+        report.splits[split] = [Item(r.path, r.labels.tolist(), r.boxes) for r in s.records]
+        for path, why in s.skipped:
+            report.warnings.append(f"{path}: {why}")
+        _orphans(folder, s.format, report)
+    report.class_names = names or []
+    report.unit = "objects"
+
+
+def _orphans(split: Path, fmt: str, report: Report) -> None:
+    """Label files without an image (YOLO labels/*.txt, VOC annotations/*.xml)."""
+    images = {p.stem for p in list_images(split / "images")}
+    label_dir, pattern = {"yolo": ("labels", "*.txt"), "voc": ("annotations", "*.xml")}.get(fmt, (None, None))
+    if label_dir is None:
+        return
+    orphans = [p for p in (split / label_dir).rglob(pattern) if p.stem not in images and p.name != "classes.txt"]
+    if orphans:
+        shown = ", ".join(p.name for p in orphans[:5])
+        report.warnings.append(f"{len(orphans)} label file(s) in {split / label_dir} have no image: {shown}")
+
+
+def _segmentation(cfg: Any, report: Report) -> None:
+    from cvsuite.data.segmentation import find_splits, read_mask_raw
+
+    train, val = find_splits(cfg.data, cfg.run.seed)
+    n = cfg.data.num_classes or (len(cfg.data.class_names) if cfg.data.class_names else None)
+    report.unit = "pixels"
+    values: dict[str, Counter] = {}
+    for split, s in (("train", train), ("val", val)):
+        report.splits[split] = [Item(x.image, mask=x.mask) for x in s.samples]
+    if report.quick:  # the datamodule scans every mask itself when training starts
+        return
+    for split, s in (("train", train), ("val", val)):
+        c: Counter = Counter()
+        for x in s.samples:
+            if x.mask is None:
+                continue
+            v, k = np.unique(read_mask_raw(x.mask), return_counts=True)
+            c.update(dict(zip(v.tolist(), k.tolist())))
+        values[split] = c
+    seen = set().union(*values.values())
+    ignore = cfg.data.ignore_index
+    if seen and seen <= {0, 255} and 255 in seen and n in (None, 2):
+        report.warnings.append("masks hold only 0 and 255: read as binary (255 -> class 1)")
+        values = {s: Counter({0: c.get(0, 0), 1: c.get(255, 0)}) for s, c in values.items()}
+        seen, n = {0, 1}, 2
+    n = n or (max(v for v in seen if v != ignore) + 1 if seen - {ignore} else 0)
+    bad = sorted(v for v in seen if v >= n and v != ignore)
+    if bad and not cfg.data.value_map:
+        report.errors.append(
+            f"mask values {bad[:10]} are no class (num_classes {n}, ignore {ignore}); set data.value_map or "
+            "data.num_classes"
+        )
+    report.class_names = list(cfg.data.class_names or [str(i) for i in range(n)])
+    report.counts = {s: Counter({k: v for k, v in c.items() if k < n}) for s, c in values.items()}
+
+
+def _regression(cfg: Any, report: Report) -> None:
+    from cvsuite.data.regression import read_targets
+
+    root = _root(cfg)
+    train = read_targets(root / cfg.data.train_csv, cfg.data.targets)
+    report.splits["train"] = [Item(p) for p in train.paths]
+    if cfg.data.val_csv:
+        report.splits["val"] = [Item(p) for p in read_targets(root / cfg.data.val_csv, train.names).paths]
+    report.unit = ""
+
+
+def _generation(cfg: Any, report: Report) -> None:
+    root = _root(cfg)
+    report.splits["train"] = [Item(p) for p in list_images(root)]
+
+
+READERS = {
+    "classification": _classification,
+    "detection": _detection,
+    "segmentation": _segmentation,
+    "regression": _regression,
+    "generation": _generation,
+}
+
+
+# ---- the checks ---------------------------------------------------------------------------------------------
+def check_dataset(cfg: Any, quick: bool = False) -> Report:
+    """Read and check the recipe's data. `quick`: image headers only (no full decode), for the start of training."""
+    report = Report(cfg.task, quick=quick)
+    collect = _Collect()
+    logger = logging.getLogger("cvsuite")
+    logger.addHandler(collect)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # the readers warn about clipped / dropped boxes
+            warnings.simplefilter("always", UserWarning)
+            READERS[cfg.task](cfg, report)
+    except DatasetError as err:
+        report.errors.append(str(err))
+        return report
+    finally:
+        logger.removeHandler(collect)
+    report.warnings += collect.messages + [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    _check_images(report, quick)
+    if not report.counts:
+        report.counts = _class_counts(report)
+    _check_balance(report)
+    _check_boxes(report)
+    _check_overlap(report)
+    return report
+
+
+def _check_images(report: Report, quick: bool) -> None:
+    for split, items in report.splits.items():
+        sizes, bad = [], []
+        for item in items:
+            reason = None if quick else check_image(item.path)
+            if reason is None:
+                try:
+                    with Image.open(item.path) as img:
+                        sizes.append(img.size)
+                except Exception as err:  # PIL raises several types for broken headers
+                    reason = str(err)
+            if reason is not None:
+                bad.append(f"{item.path} ({reason})")
+        if bad:
+            report.errors.append(f"{split}: {len(bad)} unreadable or truncated image(s): " + "; ".join(bad[:5]))
+        if sizes:
+            arr = np.array(sizes)
+            order = np.argsort(arr.prod(1))
+            report.sizes[split] = (tuple(arr[order[0]]), tuple(arr[order[len(order) // 2]]), tuple(arr[order[-1]]))
+
+
+def _class_counts(report: Report) -> dict[str, Counter]:
+    return {s: Counter(c for item in items for c in item.classes) for s, items in report.splits.items()}
+
+
+def _check_balance(report: Report) -> None:
+    if not report.class_names or "train" not in report.counts:
+        return
+    train = report.counts["train"]
+    counts = [train.get(i, 0) for i in range(len(report.class_names))]
+    missing = [report.class_names[i] for i, c in enumerate(counts) if c == 0]
+    if missing:
+        report.warnings.append(f"no training {report.unit} for class(es) {', '.join(missing)}")
+    present = [c for c in counts if c > 0]
+    if len(present) > 1 and max(present) / min(present) > IMBALANCE_RATIO:
+        hint = "model.class_weights: balanced, or model.loss: focal"
+        report.warnings.append(
+            f"classes are imbalanced ({max(present) / min(present):.0f}:1 in train); consider {hint}"
+        )
+    for split, c in report.counts.items():
+        if split != "train" and report.unit != "pixels":
+            absent = [report.class_names[i] for i in range(len(report.class_names)) if not c.get(i)]
+            if absent:
+                report.warnings.append(f"{split} has no {report.unit} of class(es) {', '.join(absent)}")
+
+
+def _check_boxes(report: Report) -> None:
+    if report.task != "detection":
+        return
+    for split, items in report.splits.items():
+        empty = [i.path.name for i in items if i.boxes is not None and len(i.boxes) == 0]
+        if empty:
+            report.warnings.append(
+                f"{split}: {len(empty)} image(s) without objects (trained as background): {', '.join(empty[:5])}"
+            )
+
+
+def _check_overlap(report: Report) -> None:
+    """Val images whose bytes equal a train image's; only files of a size found in both splits are hashed."""
+    if "val" not in report.splits:
+        return
+
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:
+            return -1
+
+    train, val = report.splits["train"], report.splits["val"]
+    shared = {size(i.path) for i in train} & {size(i.path) for i in val}
+    digests: dict[str, Path] = {}
+    for item in train:
+        if size(item.path) in shared:
+            digests.setdefault(_digest(item.path), item.path)
+    same = [(digests[d], i.path) for i in val if size(i.path) in shared and (d := _digest(i.path)) in digests]
+    if same:
+        shown = "; ".join(f"{a} = {b}" for a, b in same[:5])
+        report.errors.append(f"{len(same)} val image(s) are also in train (same bytes): {shown}")
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    except OSError:
+        return f"unreadable:{path}"
+
+
+# ---- detection ground truth as COCO JSON --------------------------------------------------------------------
+def write_ground_truth(
+    ckpt: str | Path, config: str | None, overrides: list[str] | None, predictions: str
+) -> Path | None:
+    """Detection: the validation split's truth as COCO JSON next to `predictions` (``<stem>_gt.json``), with the
+    image ids and category ids the predictions file uses and each image's file name. None for other tasks."""
+    from cvsuite.run import load_run
+
+    module, cfg, spec, state = load_run(ckpt, config, overrides)
+    if cfg.task != "detection":
+        return None
+    dm = spec.build_datamodule(cfg, state)  # the stored validation files, as eval scores them
+    dm.setup("validate")
+    root = dm.root or Path(".").resolve()
+    names = list(module.hparams.class_names)
+    cat_ids = list(getattr(dm, "category_ids", None) or range(1, len(names) + 1))
+    images, annotations = [], []
+    for r in dm.val_set.records:
+        try:
+            file_name = str(r.path.relative_to(root))
+        except ValueError:
+            file_name = str(r.path)
+        images.append({"id": int(r.image_id), "file_name": file_name, "width": r.width, "height": r.height})
+        for box, label, ignore in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist()):
+            x1, y1, x2, y2 = box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": int(r.image_id),
+                    "category_id": int(cat_ids[label]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(ignore),
+                }
+            )
+    gt = {"images": images, "annotations": annotations,
+          "categories": [{"id": int(c), "name": n} for c, n in zip(cat_ids, names)]}  # fmt: skip
+    out = Path(predictions).with_name(Path(predictions).stem + "_gt.json")
+    out.write_text(json.dumps(gt))
+    return out
+
+
+def summarise_counts(report: Report) -> dict[str, dict[str, int]]:
+    """split -> class name -> count, for tests and scripts."""
+    return {s: {report.class_names[k]: v for k, v in c.items()} for s, c in report.counts.items()}
