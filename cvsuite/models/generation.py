@@ -148,6 +148,39 @@ class DCGANGenerator(nn.Module):
         return self.net(z[:, :, None, None])
 
 
+@torch.no_grad()
+def standing_stats(
+    generator: nn.Module, latent_dim: int, num_classes: int = 0, batches: int = 8, batch_size: int = 64, seed: int = 0
+) -> None:
+    """Re-estimate the BatchNorm running statistics of `generator` for its current weights ("standing statistics",
+    BigGAN, Brock et al. 2019), then leave it in eval mode.
+
+    An EMA generator's averaged weights never produced the running statistics that BatchNorm tracked during
+    training, and in the first epochs those statistics lag the weights: in eval mode the samples then collapse to
+    near-identical images. Averaging the batch statistics of `batches` noise batches through the current weights gives
+    eval-mode samples as varied as training-mode ones, independent of batch composition. The noise comes from its own
+    seeded generator, so the global RNG (and an exact resume) is untouched.
+    """
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        generator.eval()
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    generator.train()
+    device = next(generator.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    for i in range(batches):
+        z = torch.randn(batch_size, latent_dim, generator=rng).to(device)
+        labels = ((torch.arange(batch_size) + i * batch_size) % num_classes).to(device) if num_classes else None
+        generator(z, labels)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    generator.eval()
+
+
 GENERATORS = {"fastgan": FastGANGenerator, "dcgan": DCGANGenerator}
 
 

@@ -31,6 +31,7 @@ from cvsuite.models.generation import (
     create_generator,
     discriminator_loss,
     generator_loss,
+    standing_stats,
 )
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 from cvsuite.tasks import TaskSpec
@@ -159,6 +160,7 @@ class GenerationTask(BaseTask):
         self.register_buffer("grid_labels", torch.arange(grid_size) % max(1, self.num_classes))
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._metrics: GenerationMetrics | None = None  # built on first use; not a submodule, not checkpointed
+        self._stats_at = -1  # ema_updates at the last standing-statistics refresh; -1 = never
         self._real_cached = False
 
     @property
@@ -178,7 +180,18 @@ class GenerationTask(BaseTask):
     # ---- sampling ----------------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: (N, latent_dim) -> (N, 3, S, S) in [-1, 1] from the EMA generator."""
+        self.refresh_standing_stats()
         return self.generator_ema(z, labels if self.num_classes else None)
+
+    @torch.no_grad()
+    def refresh_standing_stats(self) -> None:
+        """BatchNorm statistics of the EMA generator re-estimated for its current weights, once per EMA update that
+        is sampled from (see `standing_stats`): eval-mode samples never collapse, from the first steps on."""
+        if self._stats_at == int(self.ema_updates):
+            return
+        with torch.autocast(self.device.type, enabled=False):
+            standing_stats(self.generator_ema, self.hparams.latent_dim, self.num_classes, seed=self.hparams.seed)
+        self._stats_at = int(self.ema_updates)
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """(n, latent_dim) standard normal noise, identical on every device for a given seed."""
@@ -232,8 +245,6 @@ class GenerationTask(BaseTask):
         decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
         for ema, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
             ema.lerp_(p.detach(), 1.0 - decay)
-        for ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            ema.copy_(b)  # BatchNorm running statistics follow the live generator
         self.ema_updates += 1
 
     def configure_optimizers(self):
