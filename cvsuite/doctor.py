@@ -148,9 +148,14 @@ def _orphans(split: Path, fmt: str, report: Report) -> None:
 
 
 def _segmentation(cfg: Any, report: Report) -> None:
-    from cvsuite.data.segmentation import find_splits, read_mask_raw
+    from cvsuite.data.common import seeded_split
+    from cvsuite.data.segmentation import Split, read_mask_raw, read_splits
 
-    train, val = find_splits(cfg.data, cfg.run.seed)
+    train, val = read_splits(cfg.data)
+    if val is None:  # held out the way training will hold it out
+        report.warnings.append(f"no val split: {cfg.data.val_fraction:.0%} of train is held out (data.val_fraction)")
+        tr, va = seeded_split(len(train.samples), cfg.data.val_fraction, cfg.run.seed)
+        train, val = Split([train.samples[i] for i in tr]), Split([train.samples[i] for i in va])
     n = cfg.data.num_classes or (len(cfg.data.class_names) if cfg.data.class_names else None)
     report.unit = "pixels"
     values: dict[str, Counter] = {}

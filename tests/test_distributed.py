@@ -62,7 +62,8 @@ def _train_ddp(recipe: dict, tmp: Path, launcher: list[str] | None = None) -> Pa
 
 
 def _eval_one_process(ckpt: Path) -> dict:
-    out = _run([PYTHON, "tools/eval.py", "--ckpt", str(ckpt), "--trainer.devices", "1"])
+    # eval always runs in one process, whatever devices the checkpoint was trained on
+    out = _run([PYTHON, "tools/eval.py", "--ckpt", str(ckpt)])
     return json.loads(out.strip().splitlines()[-1])
 
 
