@@ -47,7 +47,8 @@ def test_train_help_with_a_recipe_lists_its_keys_values_and_types(capsys):
     out = capsys.readouterr().out
     assert "task: detection" in out
     line = next(x for x in out.splitlines() if "--model.architecture" in x)
-    assert "'fcos'" in line and line.rstrip().endswith("str")
+    # the value in this recipe, then the choices the key accepts
+    assert "'fcos'" in line and line.rstrip().endswith("Literal['fcos', 'retinanet', 'faster_rcnn']")
     assert any("--trainer.max_epochs" in x for x in out.splitlines())
 
 
