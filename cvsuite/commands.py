@@ -80,6 +80,7 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
 # ---- sub-commands: what they run ----------------------------------------------------------------------------------
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
+    from cvsuite.budget import process_start
     from cvsuite.config import load_config
     from cvsuite.run import train
 
@@ -96,7 +97,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
             raise console.CheckFailed(f"{len(report.errors)} dataset error(s); fix them or pass --no-check")
         if cfg.run.verbose and report.warnings:
             print(report.table(), file=sys.stderr)
-    run_dir = train(cfg, resume=args.resume)
+    run_dir = train(cfg, resume=args.resume, started=process_start())  # run.budget counts the whole process
     console.print_best(run_dir, cfg)
     print(f"run folder: {run_dir}")
 

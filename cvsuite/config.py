@@ -72,6 +72,9 @@ class RunConfig:
     ema_decay: float | None = None  # EMA of weights (e.g. 0.999); None = off
     plots: bool = True
     verbose: bool = True  # progress bar and one line per epoch; false (or --quiet) for scripts
+    # Wall-clock budget ("15min", "90s", "1h", or seconds): epochs, validation cadence, freeze and warm-up are planned
+    # from measured step times so the whole schedule and the final evaluation end within it. null = epoch-based.
+    budget: str | float | None = None
 
 
 TRAINER_DEFAULTS: dict[str, Any] = {

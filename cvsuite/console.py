@@ -79,6 +79,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class ValidatedEpoch:
+    """Which epoch last validated. Lightning keeps the last ``val_*`` values in ``callback_metrics`` through epochs
+    that skip validation (``check_val_every_n_epoch`` > 1); per-epoch reports must not show them as new."""
+
+    def __init__(self) -> None:
+        self.epoch = -1
+
+    def record(self, trainer: L.Trainer) -> None:
+        if not trainer.sanity_checking:
+            self.epoch = trainer.current_epoch
+
+    def metrics(self, trainer: L.Trainer) -> dict[str, Any]:
+        """``callback_metrics`` without the ``val_*`` values when this epoch did not validate."""
+        fresh = self.epoch == trainer.current_epoch
+        return {k: v for k, v in trainer.callback_metrics.items() if fresh or not k.startswith("val_")}
+
+
 class EpochLine(Callback):
     """One line per epoch on stderr: epoch, time, train loss, val loss, the monitored metric and the best so far.
 
@@ -89,6 +106,7 @@ class EpochLine(Callback):
     def __init__(self, monitor: str, mode: str) -> None:
         self.monitor, self.mode = monitor, mode
         self.best: float | None = None
+        self.validated = ValidatedEpoch()
         self._start = 0.0
         self._sanity: warnings.catch_warnings | None = None
 
@@ -105,10 +123,14 @@ class EpochLine(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start = time.monotonic()
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.validated.record(trainer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_rank != 0:
             return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        current = self.validated.metrics(trainer)
+        m = {k: float(v) for k, v in current.items() if getattr(v, "numel", lambda: 1)() == 1}
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"{time.monotonic() - self._start:.1f}s"]
         for key in ("train_loss_epoch", "train_loss", "val_loss"):
             if key in m and not (key == "train_loss" and "train_loss_epoch" in m):

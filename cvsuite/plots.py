@@ -50,7 +50,9 @@ def curves_plot(metrics_csv: Path, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
-            ax.plot(epochs, cols[key], "o-", label=key, markersize=3)
+            # Epochs without a value (validation every k epochs) are skipped, not drawn as gaps in the line.
+            points = [(e, v) for e, v in zip(epochs, cols[key]) if not math.isnan(v)]
+            ax.plot([e for e, _ in points], [v for _, v in points], "o-", label=key, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

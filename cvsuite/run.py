@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,16 @@ def new_run_dir(root: str | Path) -> Path:
     return candidate
 
 
-def train(cfg: Config, resume: str | Path | None = None) -> Path:
+def train(cfg: Config, resume: str | Path | None = None, started: float | None = None) -> Path:
     """Fit the recipe's task; returns the run folder.
 
     Args:
         resume: a ``last.ckpt`` (or any checkpoint) to continue from, mid-schedule: optimiser, scheduler, epoch
             and the freeze/unfreeze state carry on; the run writes into that checkpoint's run folder.
+        started: Unix time from which ``run.budget`` counts (default: now; ``cvsuite train`` passes the start of
+            its process).
     """
+    started = time.time() if started is None else started
     check_trainer(cfg)  # devices/strategy/precision that cannot work here: named before anything is written
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     spec = get_spec(cfg.task)
@@ -86,6 +90,14 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
     else:
         dm = spec.build_datamodule(cfg, None)
     dm.setup("fit")  # before the run folder exists: a dataset error leaves nothing behind
+    if cfg.run.budget is not None:
+        from cvsuite import budget
+
+        if resume:
+            cfg = budget.resumed_config(cfg, read_checkpoint(resume)[CONFIG_KEY])
+        else:
+            cfg, _ = budget.budget_config(cfg, spec, dm, started)
+            L.seed_everything(cfg.run.seed, workers=True, verbose=False)  # the probe drew from the generators
     if not resume:
         module = spec.build_module(cfg, dm)
         run_dir = shared_run_dir(cfg.trainer["default_root_dir"], new_run_dir)  # same folder on every rank

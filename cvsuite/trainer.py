@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from cvsuite.augment import seed_pipelines
 from cvsuite.checkpoint import CONFIG_KEY
 from cvsuite.config import Config
-from cvsuite.console import EpochLine, TensorBoardSamples
+from cvsuite.console import EpochLine, TensorBoardSamples, ValidatedEpoch
 from cvsuite.data.common import RANK_STRIDE
 from cvsuite.tasks import TaskSpec
 
@@ -44,13 +44,18 @@ class EpochMetricsFile(Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.validated = ValidatedEpoch()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.validated.record(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.is_global_zero:  # one writer under DDP; val_* are synced, so rank 0 holds the global values
             return
-        # Validation has run inside this epoch by now, so val_* are this epoch's values.
+        # Validation has run inside this epoch by now when it runs at all (data.val_every / check_val_every_n_epoch
+        # may skip it): val_* are this epoch's values, or left empty rather than repeating an older epoch's.
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
-        for key, value in trainer.callback_metrics.items():
+        for key, value in self.validated.metrics(trainer).items():
             if key.endswith("_step") or (isinstance(value, torch.Tensor) and value.numel() != 1):
                 continue
             row[key.removesuffix("_epoch")] = round(float(value), 6)

@@ -1,0 +1,137 @@
+"""The time-budget planner: reading durations, and plans that fit the budget with the whole schedule inside."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cvsuite import budget
+from cvsuite.budget import MARGIN, Costs, parse_duration, plan
+from cvsuite.config import ConfigError, from_dict
+from cvsuite.run import train
+from tests.conftest import tiny_recipe, write_class_folders
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15min", 900), ("1h", 3600), ("1h30m", 5400), ("00:15:00", 900), ("2:30", 150), (45, 45.0)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["fast", "15 parsecs", "-5min", "0s", "", True])
+def test_bad_durations_name_the_key(text):
+    with pytest.raises(ConfigError, match="run.budget"):
+        parse_duration(text)
+
+
+def _total(p, c: Costs) -> float:
+    train = p.steps_per_epoch * (p.freeze_epochs * c.frozen_step_s + (p.epochs - p.freeze_epochs) * c.step_s)
+    return c.elapsed_s + train + (p.epochs // p.val_every) * c.val_s + c.val_s
+
+
+@pytest.mark.parametrize("budget", [120, 900, 3600])
+def test_plan_fits_the_budget_and_is_the_longest_that_does(budget):
+    c = Costs(step_s=2.0, frozen_step_s=0.8, steps_per_epoch=10, val_s=6.0, elapsed_s=20.0)
+    p = plan(budget, c, recipe_epochs=8, freeze_epochs=2, warmup_epochs=1.0, started=datetime(2026, 1, 1, 12))
+    assert p.seconds == pytest.approx(_total(p, c))
+    assert p.seconds <= budget * MARGIN
+    # One more epoch (at the plan's cadence) would not fit.
+    longer = plan(budget * 10, c, recipe_epochs=8, freeze_epochs=2, warmup_epochs=1.0)
+    assert longer.epochs > p.epochs
+    assert p.epochs % p.val_every == 0  # the last epoch is validated
+    # Freeze and warm-up keep the recipe's share of the schedule: 2/8 and 1/8 of it.
+    assert p.freeze_epochs == int(2 * p.epochs / 8)
+    assert p.warmup_epochs == pytest.approx(p.epochs / 8, abs=1e-3)
+    assert "epochs ×" in p.describe() and "ends ~" in p.describe()
+
+
+def test_validation_is_spread_out_when_it_would_dominate():
+    c = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=5, val_s=10.0, elapsed_s=5.0)
+    p = plan(600, c, recipe_epochs=10)
+    assert p.val_every > 1
+    assert (p.epochs // p.val_every) * c.val_s <= 0.2 * p.epochs * 5 * c.step_s + c.val_s
+
+
+def test_a_budget_too_short_for_one_epoch_is_a_named_error():
+    c = Costs(step_s=5.0, frozen_step_s=5.0, steps_per_epoch=20, val_s=30.0, elapsed_s=40.0)
+    with pytest.raises(ConfigError, match="run.budget 60s is too short"):
+        plan(60, c, recipe_epochs=5)
+
+
+# ---- a budgeted run --------------------------------------------------------------------------------------------
+def _budget_recipe(tmp_path: Path, budget: str) -> dict:
+    root = write_class_folders(tmp_path / "data", per_class=12)
+    return tiny_recipe(
+        root,
+        tmp_path / "runs",
+        optim={"scheduler": "cosine", "warmup_epochs": 1.0},
+        finetune={"freeze_epochs": 1},
+        run={"budget": budget, "plots": False},
+        trainer={"max_epochs": 4},
+    )
+
+
+def test_a_budgeted_run_trains_the_whole_planned_schedule(tmp_path, monkeypatch, caplog):
+    """With fixed measured costs the plan is known: the run trains every planned epoch, validates on the planned
+    cadence (the last epoch included), scales freeze and warm-up, and ends with the cosine fully decayed."""
+
+    def fixed_costs(module, datamodule, trainer_cfg, steps=4):
+        train_batches, val_batches = len(datamodule.train_dataloader()), len(datamodule.val_dataloader())
+        return 1.0, 0.5, 1.0, train_batches, val_batches  # seconds: step, frozen step, validation batch
+
+    monkeypatch.setattr(budget, "measure", fixed_costs)
+    caplog.set_level(logging.INFO, logger="cvsuite")
+    run_dir = train(from_dict(_budget_recipe(tmp_path, "60s")))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    epochs, every = saved["trainer"]["max_epochs"], saved["trainer"]["check_val_every_n_epoch"]
+    assert epochs > 4 and epochs % every == 0
+    assert saved["finetune"]["freeze_epochs"] == int(epochs / 4)
+    assert saved["optim"]["warmup_epochs"] == pytest.approx(epochs / 4, abs=1e-3)
+    assert any("budget plan: ≈ " in r.getMessage() for r in caplog.records)
+    with (run_dir / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    validated = [int(r["epoch"]) for r in rows if r.get("val_loss")]
+    assert validated == [e for e in range(epochs) if (e + 1) % every == 0] and validated[-1] == epochs - 1
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    lr = last["lr_schedulers"][0]["_last_lr"][0]
+    assert lr == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x optim.min_lr_ratio: the cosine ran to its end
+
+
+def test_a_budgeted_run_measures_this_machine_and_finishes(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cvsuite")
+    run_dir = train(from_dict(_budget_recipe(tmp_path, "20s")))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["run"]["budget"] == "20s" and saved["trainer"]["max_time"]["seconds"] < 20
+    assert saved["trainer"]["max_epochs"] % saved["trainer"]["check_val_every_n_epoch"] == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] is not None
+    assert any("budget plan: ≈ " in r.getMessage() for r in caplog.records)
+
+
+def test_a_resumed_budget_run_continues_its_own_plan():
+    cfg = from_dict(tiny_recipe(Path("."), Path("runs"), run={"budget": "10min"}, trainer={"max_epochs": 4}))
+    stored = {
+        "trainer": {"max_epochs": 23, "check_val_every_n_epoch": 2, "max_time": {"seconds": 500}},
+        "finetune": {"freeze_epochs": 5},
+        "optim": {"warmup_epochs": 5.75},
+    }
+    cfg.trainer["max_time"] = {"seconds": 500}
+    out = budget.resumed_config(cfg, stored)
+    assert out.trainer["max_epochs"] == 23 and out.trainer["check_val_every_n_epoch"] == 2
+    assert out.finetune.freeze_epochs == 5 and out.optim.warmup_epochs == 5.75
+    assert "max_time" not in out.trainer  # the budget counted from the first process's start
+
+
+def test_a_budget_over_several_devices_is_refused(tmp_path):
+    cfg = from_dict(tiny_recipe(tmp_path, tmp_path / "runs", run={"budget": "5min"}, trainer={"devices": 2}))
+    with pytest.raises(ConfigError, match="run.budget plans a one-process run"):
+        budget.budget_config(cfg, None, None, started=0.0)
