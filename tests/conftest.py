@@ -56,3 +56,11 @@ def tiny_recipe(root: Path, out: Path, **sections) -> dict:
     for section, values in sections.items():
         recipe[section] = {**recipe.get(section, {}), **values}
     return recipe
+
+
+def gather_like_ddp(metric, other) -> None:
+    """What torchmetrics' sync does across processes for concatenated states (``dist_reduce_fx="cat"``): `other`'s
+    list states appended to `metric`'s (``Metric.merge_state`` only exists from torchmetrics 1.5)."""
+    for name, default in metric._defaults.items():
+        assert isinstance(default, list), f"{name}: only concatenated states are merged here"
+        setattr(metric, name, getattr(metric, name) + getattr(other, name))

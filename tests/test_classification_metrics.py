@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cvsuite.metrics.classification import ClassificationMetrics
+from tests.conftest import gather_like_ddp
 
 
 def test_multiclass_hand_computed():
@@ -96,7 +97,7 @@ def test_padded_duplicates_are_counted_once_and_order_does_not_matter():
     rank0, rank1 = ClassificationMetrics(["a", "b"]), ClassificationMetrics(["a", "b"])
     rank0.update(probs[[0, 2, 4]], target[[0, 2, 4]], torch.tensor([0, 2, 4]))
     rank1.update(probs[[1, 3, 0]], target[[1, 3, 0]], torch.tensor([1, 3, 0]))  # the pad: sample 0 again
-    rank0.merge_state(rank1)
+    gather_like_ddp(rank0, rank1)
     got = rank0.compute()
     assert got["num_samples"] == 5
     assert got == expected

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cvsuite.metrics.detection import STAT_KEYS, DetectionEvaluator, run_coco_eval
+from tests.conftest import gather_like_ddp
 
 NAMES = ["cat", "dog"]
 SIZE = (200, 300)  # (height, width) of every made-up image
@@ -208,7 +209,7 @@ def test_states_gathered_from_two_processes_give_the_one_process_numbers():
     rank0, rank1 = DetectionEvaluator(NAMES), DetectionEvaluator(NAMES)
     rank0.update([preds[0], preds[2]], [gts[0], gts[2]], image_ids=[7, 9], sizes=[SIZE] * 2, indices=[0, 2])
     rank1.update([preds[1], preds[0]], [gts[1], gts[0]], image_ids=[8, 7], sizes=[SIZE] * 2, indices=[1, 0])
-    rank0.merge_state(rank1)
+    gather_like_ddp(rank0, rank1)
     got = rank0.compute()
     assert got["num_images"] == 3 and got["num_detections"] == 4
     assert got == expected

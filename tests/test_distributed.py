@@ -130,7 +130,8 @@ def test_generation_ddp_both_optimisers_fid_kid_equal_one_process(tmp_path):
 def test_torchrun_launch_trains_and_its_checkpoint_evaluates(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=4)
     recipe = tiny_recipe(data, tmp_path / "run", data={"batch_size": 2}, trainer={"max_epochs": 1})
-    torchrun = [str(Path(PYTHON).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29561"]
+    # `python -m torch.distributed.run` is the torchrun command (a venv layered over another may lack the script)
+    torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561"]
     run = _train_ddp(recipe, tmp_path, launcher=torchrun)
     _check_run(run, "classification", 1)
 

@@ -22,6 +22,7 @@ from cvsuite.models.generation import (
     discriminator_loss,
     generator_loss,
 )
+from tests.conftest import gather_like_ddp
 
 TINY = "test_efficientnet"
 
@@ -253,7 +254,7 @@ def test_features_gathered_from_two_processes_give_the_one_process_fid_kid(tiny_
         m.update(real[idx], real=True, indices=idx)
         m.update(fake[idx], real=False, indices=idx)
     for name, bank in ranks[0].banks.items():
-        bank.merge_state(ranks[1].banks[name])
+        gather_like_ddp(bank, ranks[1].banks[name])
     got = ranks[0].compute()
     assert got["num_real"] == got["num_fake"] == 11
     assert got["fid"] == pytest.approx(expected["fid"], rel=1e-9)

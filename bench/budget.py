@@ -1,0 +1,67 @@
+"""Does a `--run.budget` run end on time? `tools/train.py` with the classification recipe on real photos (raccoon vs
+background crops from ../shared/data/raccoon), for each budget: the whole process's wall time against the budget,
+the plan it printed and the accuracy it reached.
+
+    python bench/budget.py [--budgets 90s 3min] [--image-size 128] [--raccoon ../shared/data/raccoon]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from cvsuite.budget import parse_duration
+from cvsuite.demo_data import write_raccoon_crops
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(root: Path, out: Path, budget: str, size: int) -> tuple[float, str, dict, dict]:
+    cmd = [
+        sys.executable, "tools/train.py", "--config", "configs/classification/finetune.yaml", "--data.root", str(root),
+        "--data.image_size", str(size), "--run.budget", budget, "--trainer.default_root_dir", str(out), "--quiet",
+        "--run.early_stopping_patience", "null",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    plan = next((line.split("cvsuite: ", 1)[-1] for line in proc.stderr.splitlines() if "budget plan" in line), "?")
+    run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[-1])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return seconds, plan, metrics, config
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--raccoon", default=str(REPO.parent / "shared" / "data" / "raccoon"))
+    p.add_argument("--budgets", nargs="+", default=["90s", "3min"])
+    p.add_argument("--image-size", type=int, default=128)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cvsuite-budget-"))
+    root = write_raccoon_crops(args.raccoon, tmp / "data", size=args.image_size)
+    print("| budget | wall s (whole process) | wall / budget | epochs planned | val every | accuracy |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for budget in args.budgets:
+        seconds, plan, metrics, config = run(root, tmp / f"run-{budget}", budget, args.image_size)
+        limit = parse_duration(budget)
+        trainer = config["trainer"]
+        print(
+            f"| {budget} | {seconds:.1f} | {seconds / limit:.2f} | {trainer['max_epochs']} | "
+            f"{trainer.get('check_val_every_n_epoch', 1)} | {metrics['accuracy']:.3f} |",
+            flush=True,
+        )
+        print(f"  {plan}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
