@@ -323,3 +323,11 @@ def test_standing_statistics_keep_samples_independent_of_the_batch_and_the_globa
     calls = module._stats_at
     module(z)
     assert module._stats_at == calls == int(module.ema_updates)
+
+
+def test_the_gan_shares_the_ddp_and_gpu_base_but_no_fine_tuning_schedule():
+    from cvsuite.tasks.base import BaseTask, TaskModule
+
+    assert issubclass(GenerationTask, TaskModule) and not issubclass(GenerationTask, BaseTask)
+    for name in ("apply_freeze", "backbone_frozen", "l1_penalty", "finetune_cfg"):
+        assert not hasattr(GenerationTask, name), name

@@ -1,8 +1,13 @@
-"""The one base class of all tasks: optimiser/schedule and the transfer-learning controls (freeze, unfreeze,
-backbone lr, layer decay, BatchNorm kept in eval while frozen), the GPU speed options (channels_last,
-torch.compile of the backbone) and what every task needs under DDP (the DDP wrapper kept in step with the trainable
-set, dataset positions of validation samples for de-duplicated metrics). Tasks hold the model parts as attributes;
-whatever lives under ``self.backbone`` is the pretrained trunk, everything else is new.
+"""The base classes of the tasks.
+
+`TaskModule`: what every task needs on GPUs and under DDP — the speed options (channels_last, torch.compile of the
+backbone), the DDP wrapper kept in step with the trainable set, a random stream per process and the dataset
+positions of validation samples for de-duplicated metrics. The GAN builds on it directly: its trunk stays frozen.
+
+`BaseTask`: a `TaskModule` that fine-tunes a pretrained backbone — optimiser and schedule, and the transfer-learning
+controls (freeze, unfreeze, backbone lr, layer decay, BatchNorm kept in eval while frozen, L1 on the head).
+Tasks hold the model parts as attributes; whatever lives under ``self.backbone`` is the pretrained trunk,
+everything else is new.
 """
 
 from __future__ import annotations
@@ -18,19 +23,16 @@ from torch.nn.parallel import DistributedDataParallel
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 
 
-class BaseTask(L.LightningModule):
+class TaskModule(L.LightningModule):
     backbone: nn.Module
 
     # DDP must look for parameters without gradients in every backward (the GAN: two optimisers, each step trains
     # one network). Other tasks keep it off; the freeze schedule re-wraps instead (see `_sync_ddp`).
     ddp_find_unused_parameters = False
 
-    def __init__(
-        self, optim: dict[str, Any], finetune: dict[str, Any], channels_last: bool = False, compile: bool = False
-    ) -> None:
+    def __init__(self, optim: dict[str, Any], channels_last: bool = False, compile: bool = False) -> None:
         super().__init__()
         self.optim_cfg = dict(optim)
-        self.finetune_cfg = dict(finetune)
         self.channels_last = channels_last
         self.compile_backbone = compile
         # The full metric dict (per-class values, matrices) of the last validation epoch; eval.py reads it.
@@ -51,23 +53,6 @@ class BaseTask(L.LightningModule):
         if self.channels_last and isinstance(images, torch.Tensor) and images.ndim == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
-
-    # ---- transfer learning -------------------------------------------------------------------------------
-    def backbone_frozen(self, epoch: int | None = None) -> bool:
-        epoch = self.current_epoch if epoch is None else epoch
-        return bool(self.finetune_cfg.get("freeze_backbone")) or epoch < int(self.finetune_cfg.get("freeze_epochs", 0))
-
-    def apply_freeze(self) -> None:
-        """Set requires_grad (and BatchNorm mode) of the backbone for the current epoch.
-
-        It depends only on current_epoch, so a run resumed mid-schedule freezes or unfreezes exactly as the
-        uninterrupted run would.
-        """
-        frozen = self.backbone_frozen()
-        for p in self.backbone.parameters():
-            p.requires_grad_(not frozen)
-        self.train(self.training)
-        self._sync_ddp()
 
     def _sync_ddp(self) -> None:
         """Re-wrap the model in DDP when the set of trainable parameters changed (the freeze phase starting or
@@ -125,6 +110,41 @@ class BaseTask(L.LightningModule):
         world, rank = self.trainer.world_size, self.trainer.global_rank
         return (batch_idx * size + torch.arange(n)) * world + rank, len(loader.dataset)
 
+    def seed_per_rank(self) -> None:
+        if self.trainer.world_size > 1:
+            # Each process its own random stream (dropout, mixup, GAN noise, DiffAugment), as timm's train script
+            # seeds seed + rank; the weights stay identical (DDP broadcasts rank 0's).
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+
+    def on_fit_start(self) -> None:
+        self.seed_per_rank()
+        self._sync_ddp()
+
+
+class BaseTask(TaskModule):
+    def __init__(
+        self, optim: dict[str, Any], finetune: dict[str, Any], channels_last: bool = False, compile: bool = False
+    ) -> None:
+        super().__init__(optim, channels_last, compile)
+        self.finetune_cfg = dict(finetune)
+
+    # ---- transfer learning -------------------------------------------------------------------------------
+    def backbone_frozen(self, epoch: int | None = None) -> bool:
+        epoch = self.current_epoch if epoch is None else epoch
+        return bool(self.finetune_cfg.get("freeze_backbone")) or epoch < int(self.finetune_cfg.get("freeze_epochs", 0))
+
+    def apply_freeze(self) -> None:
+        """Set requires_grad (and BatchNorm mode) of the backbone for the current epoch.
+
+        It depends only on current_epoch, so a run resumed mid-schedule freezes or unfreezes exactly as the
+        uninterrupted run would.
+        """
+        frozen = self.backbone_frozen()
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+        self._sync_ddp()
+
     def train(self, mode: bool = True) -> BaseTask:
         super().train(mode)
         if mode and self.finetune_cfg.get("bn_eval_when_frozen", True) and self._trunk_frozen():
@@ -138,10 +158,7 @@ class BaseTask(L.LightningModule):
         return bool(params) and not any(p.requires_grad for p in params)
 
     def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:
-            # Each process its own random stream (dropout, mixup, GAN noise, DiffAugment), as timm's train script
-            # seeds seed + rank; the weights stay identical (DDP broadcasts rank 0's).
-            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+        self.seed_per_rank()
         self.apply_freeze()
 
     def on_train_epoch_start(self) -> None:

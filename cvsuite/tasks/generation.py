@@ -35,7 +35,7 @@ from cvsuite.models.generation import (
 )
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 from cvsuite.tasks import TaskSpec
-from cvsuite.tasks.base import BaseTask
+from cvsuite.tasks.base import TaskModule
 
 log = logging.getLogger("cvsuite")
 DISCRIMINATORS = ("projected", "dcgan")
@@ -84,15 +84,15 @@ def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
         )
 
 
-class GenerationTask(BaseTask):
+class GenerationTask(TaskModule):
     """GAN system: generator, discriminator, EMA generator, DiffAugment; two optimisers stepped by hand.
 
     ``self.backbone`` is the projected discriminator's frozen pretrained trunk (an empty module for the DCGAN
     discriminator). ``forward(z, labels)`` samples from the EMA generator: (N, 3, S, S) in [-1, 1].
 
-    A `BaseTask` for what every task shares under DDP and on GPUs (the DDP wrapper, sample positions, channels_last,
-    compile); the trunk stays frozen for the whole run, so none of the fine-tuning schedule (unfreezing, backbone lr,
-    layer decay, L1 on a head) applies and `_check_no_finetune` refuses those keys.
+    A `TaskModule` (what every task shares under DDP and on GPUs), not a fine-tuning `BaseTask`: the trunk stays
+    frozen for the whole run, so none of the fine-tuning schedule (unfreezing, backbone lr, layer decay, L1 on a
+    head) applies; `_check_no_finetune` refuses those keys instead.
     """
 
     # Under DDP each manual backward trains one network only (D's step leaves G without gradients and back).
@@ -129,7 +129,7 @@ class GenerationTask(BaseTask):
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
-        super().__init__(optim, finetune, channels_last, compile)
+        super().__init__(optim, channels_last, compile)
         self.save_hyperparameters()
         self.automatic_optimization = False
         _check_no_finetune(optim, finetune)
@@ -167,9 +167,6 @@ class GenerationTask(BaseTask):
     def backbone(self) -> nn.Module:
         """The projected discriminator's frozen pretrained trunk (an empty module for the DCGAN discriminator)."""
         return getattr(self.discriminator, "backbone", self._no_backbone)
-
-    def backbone_frozen(self, epoch: int | None = None) -> bool:
-        return True
 
     def train(self, mode: bool = True) -> GenerationTask:
         super().train(mode)
