@@ -201,7 +201,7 @@ class _Segmenter(Predictor):
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
                 batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
-                for i, lg in zip(chunk, self.module(batch)):
+                for i, lg in zip(chunk, self.module.infer(batch)):
                     logits[i] = lg
         out = []
         for image, lg in zip(images, logits):

@@ -49,6 +49,18 @@ class TaskModule(L.LightningModule):
         if self.compile_backbone and stage == "fit" and len(list(self.backbone.parameters())):
             self.backbone.compile()
 
+    # model.tta (classification, segmentation): eval and predict average the image and its horizontal mirror.
+    tta = False
+
+    def infer(self, images: torch.Tensor) -> torch.Tensor:
+        """The forward of validation, eval and predict: with ``model.tta``, the mean of the outputs for the images
+        and for their horizontal mirrors (dense outputs mirrored back first); training never uses it."""
+        out = self(images)
+        if not self.tta or self.training:
+            return out
+        mirrored = self(images.flip(-1))
+        return (out + (mirrored.flip(-1) if mirrored.ndim == 4 else mirrored)) / 2
+
     def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and isinstance(images, torch.Tensor) and images.ndim == 4:
             return images.contiguous(memory_format=torch.channels_last)

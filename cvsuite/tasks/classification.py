@@ -35,6 +35,7 @@ class ClassificationModelConfig:
     label_smoothing: float = 0.0  # ce
     focal_gamma: float = 2.0
     class_weights: list[float] | Literal["balanced"] | None = None  # list per class, or inverse frequency
+    tta: bool = False  # eval/predict: average the scores of each image and its horizontal mirror (may change at eval)
     channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
     compile: bool = False  # torch.compile the backbone (GPU; slow to start, rarely worth it on a CPU)
 
@@ -62,9 +63,11 @@ class ClassificationTask(BaseTask):
         image_size: int = 224,
         channels_last: bool = False,
         compile: bool = False,
+        tta: bool = False,
     ) -> None:
         super().__init__(optim, finetune, channels_last, compile)
         self.save_hyperparameters()
+        self.tta = tta
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights, drop_path_rate=drop_path_rate)
         self.head = ClassifierHead(self.backbone.num_features, len(class_names), dropout, head_init)
         weight = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
@@ -106,7 +109,7 @@ class ClassificationTask(BaseTask):
         self.metrics.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["image"])
+        logits = self.infer(batch["image"])
         loss = self.criterion(logits, batch["label"])
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
         self.metrics.update(self.scores(logits), batch["label"], self.sample_indices(batch, batch_idx, len(logits)))
@@ -127,7 +130,7 @@ class ClassificationTask(BaseTask):
         out = []
         for i in range(0, len(images), batch_size):
             batch = torch.stack([pipeline(image=im)["image"] for im in images[i : i + batch_size]])
-            out.append(self.scores(self(batch.to(self.device))).cpu())
+            out.append(self.scores(self.infer(batch.to(self.device))).cpu())
         return torch.cat(out)
 
     def eval_pipeline(self):
@@ -136,6 +139,11 @@ class ClassificationTask(BaseTask):
         return inference_pipeline(
             self, lambda: augment.classification_eval(self.hparams.image_size, norm.mean, norm.std, norm.crop_pct)
         )
+
+
+def apply_eval_settings(module: ClassificationTask, cfg) -> None:
+    """model.tta may change at eval/predict: it changes what is reported, not the trained weights."""
+    module.tta = cfg.model.tta
 
 
 # ---- the pieces cvsuite.run needs ------------------------------------------------------------------------
@@ -213,4 +221,6 @@ SPEC = TaskSpec(
     save_plots=save_plots,
     monitor="val_accuracy",
     mode="max",
+    eval_keys=("model.tta",),
+    apply_eval_settings=apply_eval_settings,
 )

@@ -43,6 +43,7 @@ class SegmentationModelConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0  # ce, ce_dice
     class_weights: list[float] | Literal["balanced"] | None = None  # list per class, or inverse pixel frequency
+    tta: bool = False  # eval/predict: average the logits of each image and its horizontal mirror (may change at eval)
     channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
     compile: bool = False  # torch.compile the backbone (GPU; slow to start, rarely worth it on a CPU)
 
@@ -69,9 +70,11 @@ class SegmentationTask(BaseTask):
         eval_pipeline: dict[str, Any] | None = None,  # checkpoints before the data contract only
         channels_last: bool = False,
         compile: bool = False,
+        tta: bool = False,
     ) -> None:
         super().__init__(optim, finetune, channels_last, compile)
         self.save_hyperparameters()
+        self.tta = tta
         if class_weights and len(class_weights) != len(class_names):
             raise ConfigError(f"model.class_weights has {len(class_weights)} values for {len(class_names)} classes")
         self.net = SegmentationNet(
@@ -101,7 +104,7 @@ class SegmentationTask(BaseTask):
         self.examples = []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["image"])
+        logits = self.infer(batch["image"])
         losses = []
         # A distributed sampler's padded copies would be summed into the confusion matrix twice: skip them.
         padded = self.padded_samples(batch, batch_idx, len(logits)).tolist()
@@ -138,7 +141,7 @@ class SegmentationTask(BaseTask):
         """HWC uint8 RGB -> (H, W) class ids at the image's own size, with the checkpoint's preprocessing."""
         self.eval()
         x = self.eval_pipeline()(image=image)["image"].unsqueeze(0).to(self.device)
-        logits = self(x)
+        logits = self.infer(x)
         if logits.shape[-2:] != image.shape[:2]:
             logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
         return logits.argmax(1)[0].cpu().numpy()
@@ -152,6 +155,11 @@ def _small(mask: torch.Tensor) -> np.ndarray:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0]
     return mask.to(torch.int32).cpu().numpy().astype(np.uint16)
+
+
+def apply_eval_settings(module: SegmentationTask, cfg) -> None:
+    """model.tta may change at eval/predict: it changes what is reported, not the trained weights."""
+    module.tta = cfg.model.tta
 
 
 # ---- the pieces cvsuite.run needs ---------------------------------------------------------------------------------
@@ -237,4 +245,6 @@ SPEC = TaskSpec(
     save_plots=save_plots,
     monitor="val_miou",
     mode="max",
+    eval_keys=("model.tta",),
+    apply_eval_settings=apply_eval_settings,
 )
