@@ -25,6 +25,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, damaged, not a cvsuite checkpoint, or made for another task."""
 
 
+def resolve(path: str | Path, what: str = "--ckpt") -> Path:
+    """A checkpoint file, or a run folder standing for its ``checkpoints/best.ckpt`` (``last.ckpt`` when the run
+    kept no best one, e.g. it trained without validation)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("best.ckpt", "last.ckpt"):
+        for candidate in (path / "checkpoints" / name, path / name):
+            if candidate.is_file():
+                return candidate
+    raise CheckpointError(f"{what} {path}: a folder without checkpoints/best.ckpt or last.ckpt; give a .ckpt file")
+
+
 def load_file(path: str | Path, what: str = "--ckpt") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with a named error for each way a file can be unusable.
 

@@ -22,6 +22,9 @@ OVERRIDES_HELP = (
 )
 
 
+CKPT_HELP = "checkpoint written by training, or its run folder (= RUN/checkpoints/best.ckpt)"
+
+
 # ---- sub-commands: flags ------------------------------------------------------------------------------------------
 def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="recipe YAML (configs/<task>/*.yaml)")
@@ -31,7 +34,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint written by training")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     p.add_argument("--config", help="recipe YAML (default: the one stored in the checkpoint)")
     p.add_argument("--output", help="JSON file to write (default: <run>/eval_metrics.json)")
     p.add_argument(
@@ -48,7 +51,7 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint written by training")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     p.add_argument("--input", required=True, help="image file or folder")
     p.add_argument("--output", required=True, help="folder for the predictions")
     p.add_argument("--config", help="recipe YAML (default: the one stored in the checkpoint)")
@@ -56,7 +59,7 @@ def _predict_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _export_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint written by training")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     p.add_argument("--output", required=True, help="folder: model.onnx or model.pt, and model.json (the sidecar)")
     p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="default: onnx")
     p.add_argument("--config", help="recipe YAML (default: the one stored in the checkpoint)")
@@ -69,7 +72,7 @@ def _check_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _generate_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="generation checkpoint written by training")
+    p.add_argument("--ckpt", required=True, help="generation " + CKPT_HELP)
     p.add_argument("--num", type=int, required=True, help="how many images")
     p.add_argument("--output", required=True, help="folder for the PNGs (00000.png, 00001.png, ...)")
     p.add_argument("--seed", type=int, default=0, help="same checkpoint and seed give the same images")

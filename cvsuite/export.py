@@ -214,6 +214,9 @@ def export(
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    from cvsuite.checkpoint import resolve
+
+    ckpt = resolve(ckpt)
     module, cfg, _, state = load_run(ckpt, config, overrides)  # detection: the eval thresholds applied
     net, outputs, dynamic = _network(module.eval(), cfg.task)
     net = net.eval()

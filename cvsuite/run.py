@@ -25,7 +25,7 @@ import lightning as L
 import torch
 import yaml
 
-from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint
+from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint, resolve
 from cvsuite.config import Config, ConfigError, from_dict, merge, parse_overrides, read_yaml
 from cvsuite.data.common import DatasetError, drop_unreadable, list_images
 from cvsuite.distributed import check_trainer, end_process_group, global_rank, shared_run_dir
@@ -180,6 +180,7 @@ def checkpoint_config(stored: dict[str, Any], config: str | Path | None, overrid
 def load_run(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None):
     """(module, cfg, spec, data state) from a checkpoint alone; `config`/`overrides` may change the declared eval
     settings (data location, batch size, device, detection thresholds)."""
+    ckpt = resolve(ckpt)
     stored = read_checkpoint(ckpt)
     task = stored[CONFIG_KEY].get("task")
     spec = get_spec(task)
@@ -228,6 +229,7 @@ def evaluate(
     ``split="test"``, ``data.val_root`` or another ``data.root``); written to ``<run>/eval_metrics.json`` (or
     `output`) and returned, with ``split``, ``split_files``, ``data_root`` and ``num_samples`` saying what was
     scored. With `predictions`, the task also writes its raw predictions there (detection: COCO results JSON)."""
+    ckpt = resolve(ckpt)
     module, cfg, spec, state = load_run(ckpt, config, overrides)
     write_predictions = getattr(module, "write_predictions", None)
     if predictions and write_predictions is None:

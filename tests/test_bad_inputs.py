@@ -158,3 +158,17 @@ def test_predict_skips_an_unreadable_file_and_reports_it(run, tmp_path):
     assert sorted(Path(r["path"]).name for r in rows) == sorted(f"{p.parent.name}_{p.name}" for p in good)
     skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
     assert [Path(s["path"]).name for s in skipped] == ["broken.png"] and skipped[0]["reason"]
+
+
+def test_a_run_folder_stands_for_its_best_checkpoint(tmp_path):
+    from cvsuite.checkpoint import CheckpointError, resolve
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve(run) == run / "checkpoints" / "last.ckpt"  # no best one: the run trained without validation
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    assert resolve(run) == run / "checkpoints" / "best.ckpt"
+    assert resolve(run / "checkpoints" / "last.ckpt") == run / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match="a folder without checkpoints/best.ckpt"):
+        resolve(tmp_path)

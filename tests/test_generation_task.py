@@ -243,6 +243,13 @@ def test_train_resume_eval_generate(tmp_path, capsys):
     again = tmp_path / "again"
     tools.generate.main(["--ckpt", str(last), "--num", "5", "--output", str(again), "--seed", "3"])
     assert np.array_equal(np.asarray(Image.open(files[0])), np.asarray(Image.open(again / "00000.png")))
+    # The run folder stands for its best checkpoint: the epoch with the lowest FID.
+    best = tmp_path / "best"
+    assert tools.generate.main(["--ckpt", str(run_dir), "--num", "2", "--output", str(best), "--seed", "3"]) == 0
+    by_hand = tmp_path / "by-hand"
+    tools.generate.main(["--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), "--num", "2", "--output", str(by_hand),
+                         "--seed", "3"])  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(best / "00001.png")), np.asarray(Image.open(by_hand / "00001.png")))
 
 
 def test_run_ema_is_refused_for_the_gan(tmp_path):
