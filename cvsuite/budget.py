@@ -179,7 +179,8 @@ def measure(module: L.LightningModule, datamodule: L.LightningDataModule, traine
         probe = copy.deepcopy(module)
         ft = dict(getattr(probe, "finetune_cfg", {}))
         if hasattr(probe, "finetune_cfg"):
-            probe.finetune_cfg = {**ft, "freeze_backbone": frozen, "freeze_epochs": 0}
+            # The full frozen step even with cache_features: an upper bound that also covers computing the cache.
+            probe.finetune_cfg = {**ft, "freeze_backbone": frozen, "freeze_epochs": 0, "cache_features": False}
         timer = _StepTimer()
         trainer = _probe_trainer(trainer_cfg, max_steps=steps + 1, limit_val_batches=0, callbacks=[timer])
         trainer.fit(probe, datamodule=datamodule)

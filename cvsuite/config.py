@@ -59,6 +59,9 @@ class FinetuneConfig:
     backbone_lr_mult: float = 1.0  # backbone lr = optim.lr * this
     layer_decay: float | None = None  # layer-wise lr decay inside the backbone (e.g. 0.75)
     bn_eval_when_frozen: bool = True  # keep BatchNorm statistics fixed while the backbone is frozen
+    # Frozen epochs train the new head on the backbone's pooled features of the un-augmented training images,
+    # computed once instead of every step (classification): linear-probe speed for the frozen phase.
+    cache_features: bool = False
 
 
 @dataclass

@@ -215,6 +215,9 @@ def build_trainer(
     if cfg.run.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
     kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}
+    if cfg.finetune.cache_features:
+        # The frozen epochs' loader (cached features) differs from the later ones' (images): asked for every epoch.
+        kwargs["reload_dataloaders_every_n_epochs"] = 1
     if cfg.run.verbose:
         callbacks.append(EpochLine(monitor, mode))
     else:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from cvsuite import augment
 from cvsuite.data.base import ContractDataModule, file_fingerprint
@@ -22,6 +22,7 @@ from cvsuite.data.common import (
     DatasetError,
     drop_unreadable,
     list_images,
+    make_loader,
     read_image,
     seeded_split,
 )
@@ -146,13 +147,30 @@ class ImageClassificationDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         path = self.samples.paths[i]
         image = self.transform(image=read_image(path))["image"]
+        return {"image": image, "label": self.target(i), "path": str(path), "index": i}
+
+    def target(self, i: int) -> int | torch.Tensor:
         labels = self.samples.labels[i]
-        if self.multilabel:
-            target = torch.zeros(self.num_classes)
-            target[labels] = 1.0
-        else:
-            target = labels[0]
-        return {"image": image, "label": target, "path": str(path), "index": i}
+        if not self.multilabel:
+            return labels[0]
+        target = torch.zeros(self.num_classes)
+        target[labels] = 1.0
+        return target
+
+
+class CachedFeatures(Dataset):
+    """The training set as (pooled backbone features, label) pairs: what a frozen epoch with
+    ``finetune.cache_features`` trains the head on, without reading an image."""
+
+    def __init__(self, features: torch.Tensor, images: ImageClassificationDataset) -> None:
+        self.features = features
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"features": self.features[i], "label": self.images.target(i), "index": i}
 
 
 def _subset(samples: Samples, idx: list[int]) -> Samples:
@@ -183,6 +201,7 @@ class ClassificationDataModule(ContractDataModule):
         self.train_set: ImageClassificationDataset | None = None
         self.val_set: ImageClassificationDataset | None = None
         self.skipped: list[tuple[Path, str]] = []
+        self._image_loader: DataLoader | None = None
 
     def contract(self) -> dict[str, Any]:
         return {**super().contract(), "multilabel": bool(self.multilabel)}
@@ -265,6 +284,23 @@ class ClassificationDataModule(ContractDataModule):
             self.multilabel = any(len(lab) > 1 for lab in train.labels + val.labels)
         self.train_set = ImageClassificationDataset(train, self.train_pipeline(), self.multilabel)
         self.val_set = ImageClassificationDataset(val, self.eval_pipeline(), self.multilabel)
+
+    def train_dataloader(self) -> DataLoader:
+        """Images, or in a frozen epoch with ``finetune.cache_features`` their cached backbone features: the same
+        length, batch size and shuffling, so the schedule is unchanged. (The Trainer reloads loaders every epoch
+        in that mode; the image loader is built once and kept, with its workers.)"""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not module.finetune_cfg.get("cache_features"):
+            return super().train_dataloader()
+        if module.uses_cached_features():
+            # Un-augmented: the training size and normalisation without random transforms (data.augment none).
+            resize = augment.classification_train("none", self.cfg.image_size, self.norm.mean, self.norm.std)
+            plain = ImageClassificationDataset(self.train_set.samples, resize, self.multilabel)
+            features = CachedFeatures(module.train_features(plain, self.cfg.batch_size), self.train_set)
+            return make_loader(features, self.cfg.batch_size, train=True, num_workers=0)
+        if self._image_loader is None:
+            self._image_loader = super().train_dataloader()
+        return self._image_loader
 
     def class_counts(self) -> np.ndarray:
         counts = np.zeros(len(self.class_names))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cvsuite.config import ConfigError
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
 
 
@@ -134,11 +135,22 @@ class TaskModule(L.LightningModule):
 
 
 class BaseTask(TaskModule):
+    # Whether the head can train on pooled backbone features computed once (finetune.cache_features).
+    caches_features = False
+
     def __init__(
         self, optim: dict[str, Any], finetune: dict[str, Any], channels_last: bool = False, compile: bool = False
     ) -> None:
         super().__init__(optim, channels_last, compile)
         self.finetune_cfg = dict(finetune)
+        if self.finetune_cfg.get("cache_features"):
+            if not self.caches_features:
+                raise ConfigError("finetune.cache_features: only classification trains its head on cached features")
+            if not (self.finetune_cfg.get("freeze_epochs") or self.finetune_cfg.get("freeze_backbone")):
+                raise ConfigError(
+                    "finetune.cache_features applies to frozen epochs, and this recipe has none: set "
+                    "finetune.freeze_epochs (or freeze_backbone), or drop cache_features"
+                )
 
     # ---- transfer learning -------------------------------------------------------------------------------
     def backbone_frozen(self, epoch: int | None = None) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from timm.data import Mixup
+from torch.utils.data import DataLoader, Dataset
 
 from cvsuite import augment
 from cvsuite.data.base import class_weights, inference_pipeline
@@ -41,6 +42,8 @@ class ClassificationModelConfig:
 
 
 class ClassificationTask(BaseTask):
+    caches_features = True
+
     def __init__(
         self,
         class_names: list[str],
@@ -85,6 +88,7 @@ class ClassificationTask(BaseTask):
                 num_classes=len(class_names),
             )
         self.metrics = ClassificationMetrics(class_names, multilabel)
+        self._train_features: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) normalised -> logits (N, num_classes)."""
@@ -97,7 +101,32 @@ class ClassificationTask(BaseTask):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid() if self.hparams.multilabel else logits.softmax(-1)
 
+    # ---- finetune.cache_features -----------------------------------------------------------------------
+    def uses_cached_features(self) -> bool:
+        """This epoch trains the head on cached backbone features (the backbone is frozen for it)."""
+        return bool(self.finetune_cfg.get("cache_features")) and self.backbone_frozen()
+
+    @torch.no_grad()
+    def train_features(self, dataset: Dataset, batch_size: int) -> torch.Tensor:
+        """(N, F) pooled backbone features of `dataset` (the un-augmented training images), computed
+        on the first call. In eval mode, as a frozen backbone runs with BatchNorm fixed; inside `fork_rng`, so a
+        resumed run draws the same random numbers whether or not it computed them."""
+        if self._train_features is None:
+            was_training = self.training
+            self.eval()
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+            with torch.random.fork_rng(devices=[]):
+                chunks = [self.backbone(self.to_memory_format(b["image"].to(self.device))).float() for b in loader]
+            self.train(was_training)
+            self._train_features = torch.cat(chunks).cpu()
+        return self._train_features
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if "features" in batch:  # a frozen epoch with cached features: the backbone already ran, once
+            logits = self.head(batch["features"])  # no mixup/cutmix here: they mix images
+            loss = self.criterion(logits, batch["label"]) + self.l1_penalty()
+            self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
+            return loss
         images, target = batch["image"], batch["label"]
         if self.mixup is not None and images.shape[0] % 2 == 0:
             images, target = self.mixup(images, target)
