@@ -8,37 +8,27 @@ the plan it printed and the accuracy it reached.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from train_tool import REPO, metrics, train_tool
 
 from cvsuite.budget import parse_duration
 from cvsuite.demo_data import write_raccoon_crops
 
-REPO = Path(__file__).resolve().parents[1]
+RECIPE = "configs/classification/finetune.yaml"
 
 
 def run(root: Path, out: Path, budget: str, size: int) -> tuple[float, str, dict, dict]:
-    cmd = [
-        sys.executable, "tools/train.py", "--config", "configs/classification/finetune.yaml", "--data.root", str(root),
-        "--data.image_size", str(size), "--run.budget", budget, "--trainer.default_root_dir", str(out), "--quiet",
+    seconds, run_dir, stderr = train_tool(
+        RECIPE, root, out, "--data.image_size", str(size), "--run.budget", budget,
         "--run.early_stopping_patience", "null",
-    ]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    plan = next((line.split("cvsuite: ", 1)[-1] for line in proc.stderr.splitlines() if "budget plan" in line), "?")
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[-1])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    )  # fmt: skip
+    plan = next((line.split("cvsuite: ", 1)[-1] for line in stderr.splitlines() if "budget plan" in line), "?")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return seconds, plan, metrics, config
+    return seconds, plan, metrics(run_dir), config
 
 
 def main() -> None:

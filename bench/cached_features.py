@@ -9,32 +9,21 @@ accuracy it reached.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from train_tool import REPO, metrics, train_tool
 
 from cvsuite.demo_data import write_raccoon_crops
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def run(root: Path, out: Path, args: argparse.Namespace, cache: bool) -> tuple[float, dict]:
-    cmd = [
-        sys.executable, "tools/train.py", "--config", "configs/classification/finetune.yaml", "--data.root", str(root),
-        "--data.image_size", str(args.image_size), "--trainer.max_epochs", str(args.epochs),
-        "--finetune.freeze_epochs", str(args.freeze), "--finetune.cache_features", str(cache).lower(),
-        "--run.early_stopping_patience", "null", "--trainer.default_root_dir", str(out), "--quiet",
-    ]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[-1])
-    return seconds, json.loads((run_dir / "metrics.json").read_text())
+    seconds, run_dir, _ = train_tool(
+        "configs/classification/finetune.yaml", root, out, "--data.image_size", str(args.image_size),
+        "--trainer.max_epochs", str(args.epochs), "--finetune.freeze_epochs", str(args.freeze),
+        "--finetune.cache_features", str(cache).lower(), "--run.early_stopping_patience", "null",
+    )  # fmt: skip
+    return seconds, metrics(run_dir)
 
 
 def main() -> None:
