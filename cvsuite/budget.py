@@ -64,9 +64,14 @@ class Costs:
     step_s: float  # one training step, backbone trained
     frozen_step_s: float  # one training step, backbone frozen (= step_s when the recipe never freezes)
     steps_per_epoch: int
-    val_s: float  # one full validation pass
+    val_s: float  # one validation pass inside training (data.val_subset / limit_val_batches of the split)
     elapsed_s: float  # spent before training starts (start-up, data checks, the probe itself)
     epoch_s: float = 0.0  # fixed cost of every epoch: last.ckpt (and best.ckpt) written, metrics.csv, callbacks
+    final_val_s: float | None = None  # the final evaluation, which scores the whole split (None = val_s)
+
+    @property
+    def final_s(self) -> float:
+        return self.val_s if self.final_val_s is None else self.final_val_s
 
 
 @dataclass
@@ -102,13 +107,13 @@ def plan(
     started: datetime | None = None,
 ) -> Plan:
     """The most epochs whose training, validation and final evaluation fit `budget_s` (seconds since start)."""
-    available = budget_s * MARGIN - costs.elapsed_s - costs.val_s  # the final evaluation is one more full pass
+    available = budget_s * MARGIN - costs.elapsed_s - costs.final_s  # the final evaluation: one more full pass
     steps = max(1, costs.steps_per_epoch)
     if available < steps * costs.frozen_step_s + costs.epoch_s:
-        need = costs.elapsed_s + costs.val_s + steps * costs.frozen_step_s + costs.epoch_s
+        need = costs.elapsed_s + costs.final_s + steps * costs.frozen_step_s + costs.epoch_s
         raise ConfigError(
             f"run.budget {budget_s:.0f}s is too short: start-up ({costs.elapsed_s:.0f}s), one epoch "
-            f"({steps * costs.frozen_step_s:.0f}s) and the final evaluation ({costs.val_s:.0f}s) need about "
+            f"({steps * costs.frozen_step_s:.0f}s) and the final evaluation ({costs.final_s:.0f}s) need about "
             f"{need / MARGIN:.0f}s. Give more time, or make an epoch cheaper (data.image_size, data.batch_size)."
         )
     best = None
@@ -129,7 +134,7 @@ def plan(
         freeze = int(math.floor(_scaled(freeze_epochs, recipe_epochs, epochs)))
         train_s = steps * (freeze * costs.frozen_step_s + (epochs - freeze) * costs.step_s) + epochs * costs.epoch_s
         total = train_s + (epochs // val_every) * costs.val_s
-    seconds = costs.elapsed_s + total + costs.val_s
+    seconds = costs.elapsed_s + total + costs.final_s
     started = started or datetime.now()
     return Plan(
         epochs=epochs,
@@ -172,7 +177,7 @@ def _probe_trainer(trainer_cfg: dict[str, Any], **kwargs: Any) -> L.Trainer:
 
 
 def measure(module: L.LightningModule, datamodule: L.LightningDataModule, trainer_cfg: dict[str, Any], steps: int = 4):
-    """(step_s, frozen_step_s, val_batch_s, train_batches, val_batches) measured on copies of `module`, with
+    """(step_s, frozen_step_s, val_batch_s, train_batches) measured on copies of `module`, with
     `datamodule`'s own loaders. The copies are thrown away; the real run starts from the untouched module."""
 
     def step_time(frozen: bool) -> float:
@@ -196,10 +201,8 @@ def measure(module: L.LightningModule, datamodule: L.LightningDataModule, traine
     trainer = _probe_trainer(trainer_cfg, limit_val_batches=steps)
     t0 = time.perf_counter()
     trainer.validate(probe, datamodule=datamodule, verbose=False)
-    val_batches = len(datamodule.val_dataloader())
-    val_batch_s = (time.perf_counter() - t0) / max(1, min(steps, val_batches))
-    train_batches = len(datamodule.train_dataloader())
-    return unfrozen, frozen, val_batch_s, train_batches, val_batches
+    val_batch_s = (time.perf_counter() - t0) / max(1, min(steps, datamodule.val_batches(training=False)))
+    return unfrozen, frozen, val_batch_s, len(datamodule.train_dataloader())
 
 
 # ---- wiring into a run ----------------------------------------------------------------------------------------
@@ -253,12 +256,13 @@ def budget_config(cfg: Config, spec: Any, datamodule: L.LightningDataModule, sta
             "trainer.max_epochs (and trainer.max_time as a limit) instead"
         )
     probe = spec.build_module(cfg, datamodule)
-    step_s, frozen_s, val_batch_s, train_batches, val_batches = measure(probe, datamodule, cfg.trainer)
+    step_s, frozen_s, val_batch_s, train_batches = measure(probe, datamodule, cfg.trainer)
     epoch_s = checkpoint_seconds(probe)
     del probe
     steps = _limited(train_batches, cfg.trainer.get("limit_train_batches"))
-    val_s = val_batch_s * _limited(val_batches, cfg.trainer.get("limit_val_batches"))
-    costs = Costs(step_s, frozen_s, steps, val_s, elapsed_s=time.time() - started, epoch_s=epoch_s)
+    val_s = val_batch_s * _limited(datamodule.val_batches(training=True), cfg.trainer.get("limit_val_batches"))
+    final_val_s = val_batch_s * datamodule.val_batches(training=False)
+    costs = Costs(step_s, frozen_s, steps, val_s, time.time() - started, epoch_s, final_val_s)
     p = plan(
         budget_s,
         costs,
@@ -269,16 +273,18 @@ def budget_config(cfg: Config, spec: Any, datamodule: L.LightningDataModule, sta
     )
     planned = copy.deepcopy(cfg)
     # Lightning's own timer as the safety net: training stops where the final evaluation must start at the latest.
-    limit = max(1, int(budget_s - costs.elapsed_s - val_s))
+    limit = max(1, int(budget_s - costs.elapsed_s - final_val_s))
     planned.trainer.update(max_epochs=p.epochs, check_val_every_n_epoch=p.val_every, max_time={"seconds": limit})
     planned.finetune.freeze_epochs = p.freeze_epochs
     planned.optim.warmup_epochs = p.warmup_epochs
     log.info(
-        "%s (measured: %.3fs/step, %.3fs/step frozen, %.1fs per validation, %.0fs spent before training)",
+        "%s (measured: %.3fs/step, %.3fs/step frozen, %.1fs per validation, %.1fs final evaluation, %.0fs spent "
+        "before training)",
         p.describe(),
         step_s,
         frozen_s,
         val_s,
+        final_val_s,
         costs.elapsed_s,
     )
     return planned, p

@@ -209,6 +209,13 @@ def build_trainer(
             "trainer.limit_val_batches is 0: training without validation, so there is no best checkpoint "
             "(metrics.json evaluates last.ckpt) and run.early_stopping_patience does not apply"
         )
+    limit = cfg.trainer.get("limit_val_batches")
+    if validates(cfg) and limit is not None and not (isinstance(limit, float) and limit >= 1.0):
+        log.warning(
+            "trainer.limit_val_batches %s scores the first batches of the validation split in file order (with class "
+            "folders: maybe one class only); data.val_subset scores a seeded subset across the whole split",
+            limit,
+        )
     if spec.callbacks is not None:
         callbacks += spec.callbacks(run_dir)
     callbacks.append(last)  # after `best`: Lightning runs checkpoint callbacks last, in list order

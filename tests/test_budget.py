@@ -85,8 +85,7 @@ def test_a_budgeted_run_trains_the_whole_planned_schedule(tmp_path, monkeypatch,
     cadence (the last epoch included), scales freeze and warm-up, and ends with the cosine fully decayed."""
 
     def fixed_costs(module, datamodule, trainer_cfg, steps=4):
-        train_batches, val_batches = len(datamodule.train_dataloader()), len(datamodule.val_dataloader())
-        return 1.0, 0.5, 1.0, train_batches, val_batches  # seconds: step, frozen step, validation batch
+        return 1.0, 0.5, 1.0, len(datamodule.train_dataloader())  # seconds: step, frozen step, validation batch
 
     monkeypatch.setattr(budget, "measure", fixed_costs)
     caplog.set_level(logging.INFO, logger="cvsuite")
@@ -135,3 +134,14 @@ def test_a_budget_over_several_devices_is_refused(tmp_path):
     cfg = from_dict(tiny_recipe(tmp_path, tmp_path / "runs", run={"budget": "5min"}, trainer={"devices": 2}))
     with pytest.raises(ConfigError, match="run.budget plans a one-process run"):
         budget.budget_config(cfg, None, None, started=0.0)
+
+
+def test_the_plan_reserves_a_whole_split_for_the_final_evaluation():
+    """With data.val_subset, validations inside training are cheap but the final evaluation scores the whole
+    split: the plan budgets that full pass once."""
+    cheap = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=10, val_s=2.0, elapsed_s=10.0)
+    full = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=10, val_s=2.0, elapsed_s=10.0, final_val_s=60.0)
+    p_cheap, p_full = plan(600, cheap, recipe_epochs=5), plan(600, full, recipe_epochs=5)
+    assert p_full.epochs < p_cheap.epochs
+    assert p_full.seconds == pytest.approx(_total(p_full, full) - full.val_s + 60.0)
+    assert p_full.seconds <= 600 * MARGIN

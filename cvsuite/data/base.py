@@ -25,9 +25,11 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cvsuite import augment
+from cvsuite.config import ConfigError
 from cvsuite.data.common import DatasetError, make_loader
 
 log = logging.getLogger("cvsuite")
@@ -201,6 +203,7 @@ class ContractDataModule(L.LightningDataModule):
             self.split_source = "stored"
         else:
             val = list(derived_val)
+        subset_size(len(val), getattr(self.cfg, "val_subset", None))  # a bad data.val_subset fails at setup
         chosen = set(val)
         train = [i for i in range(len(pool)) if i not in chosen]
         self.val_files = [(self._relative(key(pool[i])), fingerprint(pool[i])) for i in val]
@@ -231,7 +234,36 @@ class ContractDataModule(L.LightningDataModule):
         return self.loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val_set, train=False)
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return self.loader(self.training_val_set() if fitting else self.val_set, train=False)
+
+    def training_val_set(self) -> Dataset:
+        """What the validations inside training score: ``data.val_subset`` of the validation samples (a seeded
+        choice, the same every epoch, so the curves stay comparable), else all of them. The final evaluation of the
+        best checkpoint (metrics.json) and eval.py always score the whole split."""
+        n = subset_size(len(self.val_set), getattr(self.cfg, "val_subset", None))
+        if n >= len(self.val_set):
+            return self.val_set
+        # Samples keep their own ``index``, so metrics that count each sample once still do under DDP.
+        chosen = np.random.default_rng(self.seed).choice(len(self.val_set), n, replace=False)
+        return Subset(self.val_set, sorted(chosen.tolist()))
+
+    def val_batches(self, training: bool = True) -> int:
+        """Validation batches per pass: inside training (`training_val_set`) or of the whole split."""
+        return len(self.loader(self.training_val_set() if training else self.val_set, train=False))
+
+
+def subset_size(total: int, subset: float | int | None) -> int:
+    """Samples that ``data.val_subset`` keeps of `total`: a fraction (0 < x <= 1.0) or a count (>= 1)."""
+    if subset is None:
+        return total
+    if isinstance(subset, float):
+        if not 0 < subset <= 1:
+            raise ConfigError(f"data.val_subset: a fraction must be in (0, 1], got {subset}; or give a count")
+        return max(1, round(total * subset))
+    if subset < 1:
+        raise ConfigError(f"data.val_subset: a count must be at least 1, got {subset}; or give a fraction")
+    return min(total, subset)
 
 
 def inference_pipeline(module: Any, default: Callable[[], Any]):

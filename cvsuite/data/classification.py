@@ -35,6 +35,8 @@ class ClassificationDataConfig:
     train_csv: str | None = None  # CSV of path,label (paths relative to the CSV's folder); overrides folders
     val_csv: str | None = None
     val_fraction: float = 0.2  # seeded validation split when there is no val/ (or no val_csv)
+    val_subset: int | float | None = None  # validations while training score this many (or this share)
+    # of the validation samples, seeded; the final evaluation and eval.py score them all
     image_size: int = 224
     batch_size: int = 32
     num_workers: int = -1  # -1 = cores - 1

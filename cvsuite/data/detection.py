@@ -38,6 +38,8 @@ class DetectionDataConfig:
     format: Literal["coco", "voc", "yolo"] | None = None  # null = detected from the files in each split
     names_file: str | None = None  # YOLO class names (one per line, or a data.yaml); null = looked for
     val_fraction: float = 0.2  # seeded validation split when there is no val/
+    val_subset: int | float | None = None  # validations while training score this many (or this share)
+    # of the validation samples, seeded; the final evaluation and eval.py score them all
     image_size: int = 512  # longest side fed to the model (a multiple of 32)
     batch_size: int = 8
     num_workers: int = -1  # -1 = cores - 1

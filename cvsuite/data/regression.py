@@ -31,6 +31,8 @@ class RegressionDataConfig:
     val_csv: str | None = None  # default: a seeded split of train_csv
     targets: list[str] | None = None  # which value columns to learn (default: all but path)
     val_fraction: float = 0.2
+    val_subset: int | float | None = None  # validations while training score this many (or this share)
+    # of the validation samples, seeded; the final evaluation and eval.py score them all
     image_size: int = 224
     batch_size: int = 32
     num_workers: int = -1  # -1 = cores - 1

@@ -62,6 +62,8 @@ class SegmentationDataConfig:
     ignore_index: int = 255  # mask value that counts for nothing (VOC's void border); padding uses it too
     value_map: dict[Any, int] | None = None  # mask value (or "R,G,B" colour) -> class id or ignore_index
     val_fraction: float = 0.2  # seeded validation split when there is no val/ (or no val_annotations)
+    val_subset: int | float | None = None  # validations while training score this many (or this share)
+    # of the validation samples, seeded; the final evaluation and eval.py score them all
     image_size: int | None = None  # resize so the longer side is this (train, val, predict); None = native size
     crop_size: int = 256  # square training crops (padded with ignore_index where the image is smaller)
     crops_per_image: int = 1  # random crops of each training image per epoch (small datasets of large images)
