@@ -391,6 +391,97 @@ class DiffAugment(nn.Module):
         return x
 
 
+class AdaptiveDiffAugment(DiffAugment):
+    """DiffAugment whose strength follows the discriminator's overfitting, as ADA does (Karras et al., "Training
+    Generative Adversarial Networks with Limited Data", 2020).
+
+    Each transform of the policy (brightness, saturation, contrast, translation, cutout) is applied to each image
+    with probability `p`, independently, to reals and fakes alike and differentiably for the generator step; p = 1
+    is exactly `DiffAugment` (the same random draws) and p = 0 the identity. The overfitting heuristic r_t is the
+    mean sign of the discriminator's logits on the (augmented) reals, every patch and scale counted: 0 when it
+    cannot tell, 1 when it is sure of every real. Every `interval` steps p moves by
+    sign(r_t - target) * images / `ramp_images` (images: reals seen in the interval on all processes), so p can
+    cross 0 -> 1 in `ramp_images` images, and is clamped to [0, 1].
+
+    p and the running sums are buffers: they are saved in checkpoints, so a resumed run goes on with the same
+    strength at the same point of its interval. The sums are integers, exact under any precision. Under DDP each
+    step's counts are summed over the processes as they come in (three integers), so every rank holds the same sums
+    and the same p at all times: DDP's broadcast of rank 0's buffers before each forward changes nothing, and the
+    checkpoint that rank 0 writes holds the global counts.
+
+    Args:
+        policy: as `DiffAugment`.
+        target: the r_t that p steers to, in (0, 1); ADA uses 0.6.
+        interval: optimiser steps between adjustments (ADA: 4).
+        ramp_images: real images over which p can move by 1 (ADA: 500k, sized for runs of 25M images).
+        p: the starting probability (ADA: 0).
+    """
+
+    def __init__(
+        self,
+        policy: str = "color,translation,cutout",
+        target: float = 0.6,
+        interval: int = 4,
+        ramp_images: int = 2000,
+        p: float = 0.0,
+    ) -> None:
+        super().__init__(policy)
+        check_ada(target, interval, ramp_images)
+        self.target, self.interval, self.ramp_images = target, interval, ramp_images
+        self.register_buffer("p", torch.tensor(float(p)))
+        # Since the last adjustment: sum of the signs of the real logits, number of logits, real images, steps.
+        self.register_buffer("stats", torch.zeros(4, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = float(self.p)
+        if p >= 1:
+            return super().forward(x)
+        if p <= 0:
+            return x
+        for name in self.policy:
+            for fn in AUGMENTS[name]:
+                apply = torch.rand(x.size(0), 1, 1, 1, device=x.device) < p
+                x = torch.where(apply, fn(x), x)
+        return x
+
+    @torch.no_grad()
+    def accumulate(self, real_logits: list[torch.Tensor]) -> None:
+        """Count the signs of one step's logit maps on augmented reals, (N, 1, h, w) each, on every process."""
+        device = self.stats.device
+        signs = sum((x > 0).sum() - (x < 0).sum() for x in real_logits)  # integers: exact under bf16 logits too
+        logits, images = sum(x.numel() for x in real_logits), real_logits[0].shape[0]
+        counts = torch.stack(
+            [signs.to(device), torch.tensor(logits, device=device), torch.tensor(images, device=device)]
+        )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)  # the sums of all processes, identical on every rank
+        self.stats[:3] += counts
+        self.stats[3] += 1
+
+    @torch.no_grad()
+    def update(self) -> float | None:
+        """After `accumulate`: every `interval` steps, move p by the counts since the last adjustment and reset
+        them. Returns the r_t it adjusted by, or None between adjustments."""
+        if int(self.stats[3]) < self.interval:
+            return None
+        signs, logits, images = (int(v) for v in self.stats[:3])
+        r_t = signs / max(1, logits)
+        step = math.copysign(images / self.ramp_images, r_t - self.target) if r_t != self.target else 0.0
+        self.p.copy_(torch.clamp(self.p + step, 0.0, 1.0))
+        self.stats.zero_()
+        return r_t
+
+
+def check_ada(target: float, interval: int, ramp_images: int) -> None:
+    """Named errors for ADA settings that cannot work."""
+    if not 0.0 < target < 1.0:
+        raise ConfigError(f"model.ada_target must lie between 0 and 1 (ADA uses 0.6), or be null (off); got {target}")
+    if interval < 1:
+        raise ConfigError(f"model.ada_interval must be >= 1 step, got {interval}")
+    if ramp_images < 1:
+        raise ConfigError(f"model.ada_ramp_images must be >= 1 image, got {ramp_images}")
+
+
 # ---- losses --------------------------------------------------------------------------------------------------
 LOSSES = ("hinge", "nonsaturating")
 

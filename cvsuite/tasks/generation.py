@@ -1,9 +1,10 @@
 """GAN image generation (unconditional or class-conditional) with Lightning's manual optimisation.
 
 Default: a projected discriminator (Projected GAN, Sauer et al., 2021) whose eyes are the frozen ImageNet backbone
-from the shared factory, DiffAugment on real and fake images, hinge loss, an EMA copy of the generator for samples
-and metrics. The pretrained backbone serves the discriminator and the FID/KID metrics; the generator is a decoder
-trained from scratch. ``model.discriminator: dcgan`` is the from-scratch baseline.
+from the shared factory, DiffAugment on real and fake images (optionally at ADA's adaptive strength,
+``model.ada_target``), hinge loss, an EMA copy of the generator for samples and metrics. The pretrained backbone
+serves the discriminator and the FID/KID metrics; the generator is a decoder trained from scratch.
+``model.discriminator: dcgan`` is the from-scratch baseline.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule
 from cvsuite.metrics.generation import BackboneFeatures, GenerationMetrics
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
 from cvsuite.models.generation import (
+    AdaptiveDiffAugment,
     DCGANDiscriminator,
     DiffAugment,
     ProjectedDiscriminator,
@@ -55,6 +57,9 @@ class GenerationModelConfig:
     d_channels: int = 32  # discriminator width (first projection, or first DCGAN layer)
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     diffaugment: str = "color,translation,cutout"  # DiffAugment policy for real and fake images; "" = off
+    ada_target: float | None = None  # ADA: the E[sign D(real)] that p steers to; null = DiffAugment always
+    ada_interval: int = 4  # steps between adjustments of the augmentation probability p
+    ada_ramp_images: int = 2000  # real images over which p can move from 0 to 1 (ADA: 500k, for 25M-image runs)
     ema_decay: float = 0.999  # EMA of the generator used for samples and metrics (with warm-up); 0 = off
     d_lr: float | None = None  # discriminator learning rate; null = optim.lr (which is the generator's)
     d_betas: tuple[float, float] | None = None  # discriminator Adam betas; null = optim.betas
@@ -87,6 +92,9 @@ def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
 class GenerationTask(TaskModule):
     """GAN system: generator, discriminator, EMA generator, DiffAugment; two optimisers stepped by hand.
 
+    With ``ada_target`` the augmentation is an `AdaptiveDiffAugment`: its probability p (a buffer, so checkpoints
+    and resumes carry it) follows the discriminator's overfitting, adjusted every ``ada_interval`` steps.
+
     ``self.backbone`` is the projected discriminator's frozen pretrained trunk (an empty module for the DCGAN
     discriminator). ``forward(z, labels)`` samples from the EMA generator: (N, 3, S, S) in [-1, 1].
 
@@ -116,6 +124,9 @@ class GenerationTask(TaskModule):
         d_channels: int = 32,
         loss: str = "hinge",
         diffaugment: str = "color,translation,cutout",
+        ada_target: float | None = None,
+        ada_interval: int = 4,
+        ada_ramp_images: int = 2000,
         ema_decay: float = 0.999,
         d_lr: float | None = None,
         d_betas: list[float] | None = None,
@@ -153,7 +164,12 @@ class GenerationTask(TaskModule):
             )
         self._no_backbone = nn.Identity()
         self.backbone.requires_grad_(False)  # frozen for the whole run; gradients still flow through to the images
-        self.augment = DiffAugment(diffaugment)
+        if ada_target is None:
+            self.augment = DiffAugment(diffaugment)
+        else:
+            self.augment = AdaptiveDiffAugment(diffaugment, ada_target, ada_interval, ada_ramp_images)
+            if not self.augment.policy:
+                raise ConfigError("model.ada_target adapts the strength of model.diffaugment, which is empty: set both")
         # Fixed noise, stored in the checkpoint: the grid of every epoch (and of a resumed run) shows the same seeds.
         noise = torch.randn(grid_size, latent_dim, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("grid_noise", noise)
@@ -212,6 +228,8 @@ class GenerationTask(TaskModule):
         # Discriminator: fakes detached, and the frozen backbone records no graph for them or the reals.
         with self.toggled_optimizer(opt_d):
             d_real = self.discriminator(self.augment(real), labels)
+            if self.adaptive:
+                self.augment.accumulate(d_real)
             d_fake = self.discriminator(self.augment(fake.detach()), labels)
             loss_d = discriminator_loss(d_real, d_fake, kind)
             opt_d.zero_grad(set_to_none=True)
@@ -223,6 +241,8 @@ class GenerationTask(TaskModule):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
             opt_g.step()
+        if self.adaptive:
+            self.augment.update()  # after both steps: D and G saw the same p in this batch
         self.update_ema()
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
@@ -233,7 +253,17 @@ class GenerationTask(TaskModule):
         # Mean logits on reals and fakes: when they separate completely the discriminator has won (collapse).
         logits = {"train_d_real": d_real, "train_d_fake": d_fake}
         logits = {k: torch.stack([x.detach().float().mean() for x in v]).mean() for k, v in logits.items()}
+        # ADA's overfitting heuristic r_t, over the epoch: the mean sign of every real patch logit (1: D is sure).
+        signs = torch.cat([x.detach().float().sign().flatten() for x in d_real])
+        logits["ada_rt"] = signs.mean()
+        if self.adaptive:
+            logits["ada_p"] = self.augment.p.detach().float()  # metrics.csv: its mean over the epoch
         self.log_dict(logits, on_step=False, on_epoch=True, batch_size=n)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the augmentation strength adapts (``model.ada_target``)."""
+        return isinstance(self.augment, AdaptiveDiffAugment)
 
     @torch.no_grad()
     def update_ema(self) -> None:
