@@ -32,8 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from train_tool import REPO, metrics, train_tool
+from train_tool import REPO, metrics, train_tool, write_gan_crops
 
 from cvsuite.budget import parse_duration
 from cvsuite.demo_data import write_raccoon_crops
@@ -94,23 +93,6 @@ def write_segmentation_split(src: Path, root: Path, val_fraction: float = 0.2) -
     return root
 
 
-def write_raccoon_faces(src: Path, root: Path, size: int = 64) -> Path:
-    """Every annotated raccoon as a `size` px square: the box grown to a square about its centre (shifted to stay in
-    the photo, cut to the photo where it cannot), resized. ``root/raccoon-N_k.png``."""
-    root.mkdir(parents=True, exist_ok=True)
-    for xml in sorted((src / "annotations").glob("*.xml")):
-        tree = ET.parse(xml).getroot()
-        image = Image.open(src / "images" / tree.findtext("filename")).convert("RGB")
-        for k, obj in enumerate(tree.iter("object")):
-            x0, y0, x1, y1 = (float(obj.findtext(f"bndbox/{c}")) for c in ("xmin", "ymin", "xmax", "ymax"))
-            side = min(max(x1 - x0, y1 - y0), *image.size)
-            left = min(max(0.0, (x0 + x1 - side) / 2), image.width - side)
-            top = min(max(0.0, (y0 + y1 - side) / 2), image.height - side)
-            crop = image.crop((round(left), round(top), round(left + side), round(top + side)))
-            crop.resize((size, size), Image.LANCZOS).save(root / f"{xml.stem}_{k}.png")
-    return root
-
-
 def build_data(task: str, work: Path, raccoon: Path, membrane: Path) -> Path:
     root = work / "data" / task
     if root.exists():
@@ -121,7 +103,7 @@ def build_data(task: str, work: Path, raccoon: Path, membrane: Path) -> Path:
         return write_detection_split(raccoon, root)
     if task == "segmentation":
         return write_segmentation_split(membrane, root)
-    return write_raccoon_faces(raccoon, root)
+    return write_gan_crops(raccoon, root)
 
 
 # ---- the two sides -------------------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,3 +29,22 @@ def train_tool(recipe: str, root: Path, out: Path, *overrides: str) -> tuple[flo
 
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def write_gan_crops(src: str | Path, folder: str | Path, size: int = 64) -> Path:
+    """Every annotated object of a VOC set (``images/*.jpg``, ``annotations/*.xml``) as a ``size`` px PNG: a square
+    around its box (side = the box's longer side, shifted and clipped to stay inside the photo), so the object keeps
+    its aspect ratio and the frame holds a little context. Returns `folder`."""
+    src, folder = Path(src), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for xml in sorted((src / "annotations").glob("*.xml")):
+        tree = ET.parse(xml).getroot()
+        image = Image.open(src / "images" / tree.findtext("filename")).convert("RGB")
+        for k, obj in enumerate(tree.iter("object")):
+            x0, y0, x1, y1 = (float(obj.findtext(f"bndbox/{c}")) for c in ("xmin", "ymin", "xmax", "ymax"))
+            side = min(max(x1 - x0, y1 - y0), image.width, image.height)
+            left = min(max(0.0, (x0 + x1 - side) / 2), image.width - side)
+            top = min(max(0.0, (y0 + y1 - side) / 2), image.height - side)
+            crop = image.crop((round(left), round(top), round(left + side), round(top + side)))
+            crop.resize((size, size), Image.LANCZOS).save(folder / f"{xml.stem}_{k}.png")
+    return folder
