@@ -4,7 +4,7 @@ The planner measures what one training step (frozen and unfrozen backbone) and o
 machine, with the recipe's own data, model and precision, then picks the number of epochs, the validation cadence,
 and the freeze and warm-up phases (kept in the recipe's proportions) so that the whole schedule — warm-up, freeze,
 cosine decay to its floor — completes inside the budget, final evaluation included. Lightning's ``max_time`` stays
-on as a safety net a little past the plan, so an estimate that was too optimistic still ends on time.
+on as a safety net past the plan (`safety_net_s`), so a run slower than its estimate still ends on time.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ MARGIN = 0.9
 VAL_SHARE = 0.2
 # Per-epoch cost besides steps and checkpoints (loader start, callbacks, metrics.csv), seconds.
 EPOCH_FIXED_S = 0.05
+# After the final evaluation: loading the best checkpoint, metrics.json, plots, process exit (seconds, budget share).
+EXIT_S = 2.0
+EXIT_SHARE = 0.02
 
 
 def parse_duration(value: Any, key: str = "run.budget") -> float:
@@ -98,6 +101,12 @@ def _scaled(value: float, recipe_epochs: int, epochs: int) -> float:
     return value * epochs / max(1, recipe_epochs)
 
 
+def _smallest_divisor_from(n: int, low: int) -> int:
+    """The smallest divisor of `n` that is at least `low` (n itself at the latest)."""
+    divisors = [d for i in range(1, math.isqrt(n) + 1) if n % i == 0 for d in (i, n // i)]
+    return min(d for d in divisors if d >= low)
+
+
 def plan(
     budget_s: float,
     costs: Costs,
@@ -106,34 +115,33 @@ def plan(
     warmup_epochs: float = 0.0,
     started: datetime | None = None,
 ) -> Plan:
-    """The most epochs whose training, validation and final evaluation fit `budget_s` (seconds since start)."""
+    """The most epochs whose training, validation and final evaluation fit `budget_s` (seconds since `started`,
+    when the budget began counting; `costs.elapsed_s` of it are spent before the first step)."""
     available = budget_s * MARGIN - costs.elapsed_s - costs.final_s  # the final evaluation: one more full pass
     steps = max(1, costs.steps_per_epoch)
-    if available < steps * costs.frozen_step_s + costs.epoch_s:
-        need = costs.elapsed_s + costs.final_s + steps * costs.frozen_step_s + costs.epoch_s
-        raise ConfigError(
-            f"run.budget {budget_s:.0f}s is too short: start-up ({costs.elapsed_s:.0f}s), one epoch "
-            f"({steps * costs.frozen_step_s:.0f}s) and the final evaluation ({costs.final_s:.0f}s) need about "
-            f"{need / MARGIN:.0f}s. Give more time, or make an epoch cheaper (data.image_size, data.batch_size)."
-        )
     best = None
     for epochs in range(1, 10_000):
         freeze = int(math.floor(_scaled(freeze_epochs, recipe_epochs, epochs)))
         train_s = steps * (freeze * costs.frozen_step_s + (epochs - freeze) * costs.step_s) + epochs * costs.epoch_s
-        # The cheapest cadence whose validation stays within VAL_SHARE of training; the last epoch always validates.
-        val_every = max(1, min(epochs, math.ceil(epochs * costs.val_s / max(1e-9, VAL_SHARE * train_s))))
+        if train_s > available:
+            break  # training alone grows with every epoch: no longer schedule can fit
+        # The cheapest cadence whose validation stays within VAL_SHARE of training, stretched to one that divides
+        # the epochs: the last epoch must be a validated one, so the best checkpoint and the final metrics see the
+        # finished schedule. (Cutting the epochs to a multiple of the cadence instead would throw budget away.)
+        needed = max(1, min(epochs, math.ceil(epochs * costs.val_s / max(1e-9, VAL_SHARE * train_s))))
+        val_every = _smallest_divisor_from(epochs, needed)
         total = train_s + (epochs // val_every) * costs.val_s
-        if total > available:
-            break
-        best = (epochs, freeze, val_every, total)
-    assert best is not None
+        if total <= available:
+            best = (epochs, freeze, val_every, total)
+    if best is None:
+        one_epoch = steps * costs.step_s + costs.epoch_s + costs.val_s
+        need = costs.elapsed_s + one_epoch + costs.final_s
+        raise ConfigError(
+            f"run.budget {budget_s:.0f}s is too short: start-up ({costs.elapsed_s:.0f}s), one epoch "
+            f"({one_epoch:.0f}s with its validation) and the final evaluation ({costs.final_s:.0f}s) need about "
+            f"{need / MARGIN:.0f}s. Give more time, or make an epoch cheaper (data.image_size, data.batch_size)."
+        )
     epochs, freeze, val_every, total = best
-    # The last epoch must be a validated one, so the best checkpoint and the final metrics see the finished schedule.
-    if epochs % val_every:
-        epochs -= epochs % val_every
-        freeze = int(math.floor(_scaled(freeze_epochs, recipe_epochs, epochs)))
-        train_s = steps * (freeze * costs.frozen_step_s + (epochs - freeze) * costs.step_s) + epochs * costs.epoch_s
-        total = train_s + (epochs // val_every) * costs.val_s
     seconds = costs.elapsed_s + total + costs.final_s
     started = started or datetime.now()
     return Plan(
@@ -143,7 +151,7 @@ def plan(
         freeze_epochs=freeze,
         warmup_epochs=round(_scaled(warmup_epochs, recipe_epochs, epochs), 3),
         seconds=seconds,
-        ends_at=started + timedelta(seconds=seconds - costs.elapsed_s),
+        ends_at=started + timedelta(seconds=seconds),
     )
 
 
@@ -236,6 +244,15 @@ def checkpoint_seconds(module: L.LightningModule) -> float:
     return 2 * 3 * (time.perf_counter() - t0) + EPOCH_FIXED_S
 
 
+def safety_net_s(budget_s: float, costs: Costs) -> int:
+    """Lightning's ``max_time`` for a budget run, counted from the first training step: training stops there at the
+    latest, leaving room for what follows a stop — the epoch's validation and checkpoint writes, the final
+    evaluation, and writing metrics and plots before the process exits — so a run slower than its plan (a busy
+    machine) still ends inside the budget, with a schedule cut short rather than late."""
+    after = costs.val_s + costs.epoch_s + costs.final_s + EXIT_S + EXIT_SHARE * budget_s
+    return max(1, int(budget_s - costs.elapsed_s - after))
+
+
 def _limited(batches: int, limit: Any) -> int:
     """Batches per epoch under a trainer ``limit_*_batches`` (an int count or a float fraction)."""
     if limit is None:
@@ -255,26 +272,32 @@ def budget_config(cfg: Config, spec: Any, datamodule: L.LightningDataModule, sta
             "run.budget plans a one-process run (it measures one device); with several devices set "
             "trainer.max_epochs (and trainer.max_time as a limit) instead"
         )
+    t0 = time.perf_counter()
     probe = spec.build_module(cfg, datamodule)
+    build_s = time.perf_counter() - t0  # the real module is built once more after planning
     step_s, frozen_s, val_batch_s, train_batches = measure(probe, datamodule, cfg.trainer)
     epoch_s = checkpoint_seconds(probe)
     del probe
     steps = _limited(train_batches, cfg.trainer.get("limit_train_batches"))
     val_s = val_batch_s * _limited(datamodule.val_batches(training=True), cfg.trainer.get("limit_val_batches"))
     final_val_s = val_batch_s * datamodule.val_batches(training=False)
-    costs = Costs(step_s, frozen_s, steps, val_s, time.time() - started, epoch_s, final_val_s)
+    # What still comes before the first step: the run's own module, and Lightning's sanity-check batches.
+    sanity = cfg.trainer.get("num_sanity_val_steps", 2)
+    sanity_s = val_batch_s * min(datamodule.val_batches(training=True), 10**9 if sanity == -1 else int(sanity or 0))
+    elapsed_s = time.time() - started + build_s + sanity_s
+    costs = Costs(step_s, frozen_s, steps, val_s, elapsed_s, epoch_s, final_val_s)
     p = plan(
         budget_s,
         costs,
         int(cfg.trainer.get("max_epochs") or 1),
         cfg.finetune.freeze_epochs,
         cfg.optim.warmup_epochs,
-        started=datetime.now(),
+        started=datetime.fromtimestamp(started),
     )
     planned = copy.deepcopy(cfg)
-    # Lightning's own timer as the safety net: training stops where the final evaluation must start at the latest.
-    limit = max(1, int(budget_s - costs.elapsed_s - final_val_s))
-    planned.trainer.update(max_epochs=p.epochs, check_val_every_n_epoch=p.val_every, max_time={"seconds": limit})
+    planned.trainer.update(
+        max_epochs=p.epochs, check_val_every_n_epoch=p.val_every, max_time={"seconds": safety_net_s(budget_s, costs)}
+    )
     planned.finetune.freeze_epochs = p.freeze_epochs
     planned.optim.warmup_epochs = p.warmup_epochs
     log.info(

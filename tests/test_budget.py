@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from cvsuite import budget
-from cvsuite.budget import MARGIN, Costs, parse_duration, plan
+from cvsuite.budget import MARGIN, Costs, parse_duration, plan, safety_net_s
 from cvsuite.config import ConfigError, from_dict
 from cvsuite.run import train
 from tests.conftest import tiny_recipe, write_class_folders
@@ -61,6 +62,41 @@ def test_validation_is_spread_out_when_it_would_dominate():
     assert (p.epochs // p.val_every) * c.val_s <= 0.2 * p.epochs * 5 * c.step_s + c.val_s
 
 
+def test_the_cadence_divides_the_epochs_instead_of_the_epochs_shrinking_to_the_cadence():
+    """GAN-like costs (FID validation 13.5 s against 18.5 s epochs): 6 epochs with one validation at the end fit
+    (10 + 6 x 18.8 + 13.5 + 13.5 = 149.8 s of 162 s); 7 would not (168.6 s). Cutting to a multiple of the cadence
+    the first fit needed (4) planned 4 epochs and left a third of the budget unused."""
+    c = Costs(
+        step_s=0.185, frozen_step_s=0.185, steps_per_epoch=100, val_s=13.5, elapsed_s=10, epoch_s=0.3, final_val_s=13.5
+    )
+    p = plan(180, c, recipe_epochs=18)
+    assert (p.epochs, p.val_every) == (6, 6)
+    assert p.seconds == pytest.approx(10 + 6 * 18.8 + 13.5 + 13.5)
+
+
+@pytest.mark.parametrize("budget", [60, 95, 180, 400, 1000])
+def test_no_longer_schedule_with_a_validated_last_epoch_fits(budget):
+    """Hand rule: e epochs validated every k (k divides e, validation at most 20 % of training or the cadence
+    stretched until it is) cost 5 + e x 10 x 1.0 + e/k x 8 s + 8 s final; the plan is the largest e that fits."""
+    c = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=10, val_s=8.0, elapsed_s=5.0)
+    p = plan(budget, c, recipe_epochs=10)
+
+    def fits(e: int) -> bool:
+        k = next(k for k in range(1, e + 1) if e % k == 0 and e / k * 8.0 <= 0.2 * e * 10 or k == e)
+        return 5 + e * 10 + e // k * 8.0 + 8.0 <= budget * MARGIN
+
+    assert p.epochs == max(e for e in range(1, 200) if fits(e))
+    assert p.epochs % p.val_every == 0
+
+
+def test_the_safety_net_leaves_room_for_what_follows_training():
+    c = Costs(step_s=1.0, frozen_step_s=0.3, steps_per_epoch=8, val_s=4.0, elapsed_s=29.0, epoch_s=0.5, final_val_s=4.2)
+    # 180 - 29 before training - (4 validation + 0.5 checkpoints + 4.2 final + 2 + 2 % of 180 exit) = 136.7
+    assert safety_net_s(180, c) == 136
+    p = plan(180, c, recipe_epochs=8, freeze_epochs=1)
+    assert p.seconds - c.elapsed_s - c.final_s <= safety_net_s(180, c)  # the plan ends before the net
+
+
 def test_a_budget_too_short_for_one_epoch_is_a_named_error():
     c = Costs(step_s=5.0, frozen_step_s=5.0, steps_per_epoch=20, val_s=30.0, elapsed_s=40.0)
     with pytest.raises(ConfigError, match="run.budget 60s is too short"):
@@ -88,6 +124,9 @@ def test_a_budgeted_run_trains_the_whole_planned_schedule(tmp_path, monkeypatch,
         return 1.0, 0.5, 1.0, len(datamodule.train_dataloader())  # seconds: step, frozen step, validation batch
 
     monkeypatch.setattr(budget, "measure", fixed_costs)
+    # The real steps are far cheaper than these costs, but a busy machine must not trip the net here (it has its
+    # own test below): this one checks that the plan reaches the Trainer, scheduler and metrics intact.
+    monkeypatch.setattr(budget, "safety_net_s", lambda budget_s, costs: 3600)
     caplog.set_level(logging.INFO, logger="cvsuite")
     run_dir = train(from_dict(_budget_recipe(tmp_path, "60s")))
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -145,3 +184,23 @@ def test_the_plan_reserves_a_whole_split_for_the_final_evaluation():
     assert p_full.epochs < p_cheap.epochs
     assert p_full.seconds == pytest.approx(_total(p_full, full) - full.val_s + 60.0)
     assert p_full.seconds <= 600 * MARGIN
+
+
+def test_a_run_slower_than_its_plan_still_ends_inside_the_budget(tmp_path, monkeypatch):
+    """Measured costs far too optimistic (a busy machine after the probe): the plan asks for far more epochs than
+    fit, and the safety net stops training early enough that validation, the final evaluation and metrics.json
+    still end inside the budget."""
+
+    def optimistic(module, datamodule, trainer_cfg, steps=4):
+        return 0.0005, 0.0005, 0.0005, len(datamodule.train_dataloader())
+
+    monkeypatch.setattr(budget, "measure", optimistic)
+    started = time.time()
+    run_dir = train(from_dict(_budget_recipe(tmp_path, "12s")), started=started)
+    wall = time.time() - started
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    with (run_dir / "metrics.csv").open() as fh:
+        trained = len(list(csv.DictReader(fh)))
+    assert trained < saved["trainer"]["max_epochs"]  # stopped by the net, not by the plan
+    assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] is not None
+    assert wall < 12
