@@ -13,11 +13,10 @@ on the ISBI membrane slices of ../shared/data (512x512 grey, 24 train / 6 val, s
 from __future__ import annotations
 
 import argparse
-import random
-import shutil
 import tempfile
 from pathlib import Path
 
+from recipes import write_segmentation_split
 from train_tool import REPO, metrics, train_tool
 
 from cvsuite.budget import measure
@@ -32,17 +31,6 @@ VARIANTS = {
     "unet, width 128, channels_last": ["--model.channels_last", "true"],
     "unet, width 64, channels_last": ["--model.decoder_width", "64", "--model.channels_last", "true"],
 }
-
-
-def write_membrane(src: Path, root: Path, val: int = 6, seed: int = 0) -> Path:
-    names = sorted(p.name for p in (src / "image").glob("*.png"))
-    random.Random(seed).shuffle(names)
-    for i, name in enumerate(names):
-        split = "val" if i < val else "train"
-        for sub, dst in (("image", "images"), ("label", "masks")):
-            (root / split / dst).mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / sub / name, root / split / dst / name)
-    return root
 
 
 def cost(root: Path, overrides: list[str]) -> tuple[float, float]:
@@ -62,7 +50,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cvsuite-segcost-"))
-    root = write_membrane(Path(args.membrane), tmp / "data")
+    root = write_segmentation_split(Path(args.membrane), tmp / "data")
     # Interleaved rounds, fastest of each: the first measurements pay the process's warm-up, and neighbours come
     # and go; side by side in one run is what makes the ratios fair.
     costs: dict[str, tuple[float, float]] = {}

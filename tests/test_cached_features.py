@@ -60,3 +60,13 @@ def test_cache_features_without_a_frozen_phase_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="finetune.cache_features applies to frozen epochs"):
         train(from_dict(recipe))
     assert not (tmp_path / "run").exists()
+
+
+def test_cache_features_on_a_dense_head_is_refused_with_the_reason():
+    from cvsuite.tasks.segmentation import SegmentationTask
+    from tests.conftest import TINY_BACKBONE
+
+    with pytest.raises(ConfigError, match="only classification trains its head on cached features.*BENCHMARKS"):
+        SegmentationTask(
+            ["bg", "fg"], {}, {"cache_features": True, "freeze_epochs": 1}, backbone=TINY_BACKBONE, pretrained=False
+        )
