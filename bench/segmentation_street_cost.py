@@ -10,8 +10,8 @@ the proxy is realistic in shape and cost only, and its mIoU says nothing about s
 
 1. --probe (default): the budget planner's own probe (`cvsuite.budget.measure`, `checkpoint_seconds`) measures
    seconds per training step (backbone trained and frozen), per validation batch, and per epoch's checkpoints;
-   from them, the predicted wall time of the recipe as it is (10 epochs, backbone frozen for 1, validation on the
-   whole split every epoch, then the final evaluation) and of cheaper validation cadences.
+   from them, the predicted wall time of the recipe (10 epochs, backbone frozen for 1, then the final evaluation)
+   under each validation cadence and subset below.
 2. --train: `tools/train.py --config configs/segmentation/finetune.yaml --data.root ROOT` as a user runs it (plus
    --overrides), timed as a whole process; per-epoch times are when each metrics.csv row appeared, seen from
    outside; mIoU from the run's metrics.json.
@@ -47,7 +47,6 @@ RECIPE = "configs/segmentation/finetune.yaml"
 LOCK = "/tmp/cvsuite-cpu.lock"
 HEIGHT, WIDTH = 360, 480
 SPLITS = {"train": 367, "val": 101}
-NUM_CLASSES = 11
 # Sample photos bundled with scikit-image (no download); grey ones are tinted to RGB.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "coins", "immunohistochemistry", "hubble_deep_field",
           "stereo_motorcycle", "camera", "clock", "brick", "grass", "gravel", "moon", "retina",
@@ -55,10 +54,11 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "coins", "immunohistochemi
 # Recipe variants of the probe's table: data.val_subset (share of the validation split scored inside training)
 # and trainer.check_val_every_n_epoch.
 VARIANTS = {
-    "default (val every epoch, whole split)": (None, 1),
+    "val every epoch, whole split (the recipe before 2026-11-29)": (None, 1),
     "(a) val_subset 0.25": (0.25, 1),
     "(b) check_val_every_n_epoch 2": (None, 2),
     "(c) val_subset 0.25 + every 2 epochs": (0.25, 2),
+    "the recipe now: val_subset 0.5 + every 2 epochs": (0.5, 2),
 }
 
 
@@ -157,8 +157,9 @@ def probe(root: Path, steps: int, rounds: int) -> None:
     full_batches = dm.val_batches(training=False)
     train_s = steps_per_epoch * (freeze * frozen_s + (epochs - freeze) * step_s) + epochs * epoch_s
     print(
-        f"proxy: {len(dm.train_set)} train / {len(dm.val_set)} val images of {WIDTH}x{HEIGHT}, "
-        f"{NUM_CLASSES} classes; batch {cfg.data.batch_size}, crops {cfg.data.crop_size} x {cfg.data.crops_per_image}"
+        f"proxy: {len(dm.train_set) // cfg.data.crops_per_image} train / {len(dm.val_set)} val images of "
+        f"{WIDTH}x{HEIGHT}, {dm.num_classes} classes; batch {cfg.data.batch_size} of {cfg.data.crop_size} px crops, "
+        f"{cfg.data.crops_per_image} per image"
     )
     print(
         f"measured: {step_s:.3f} s/step, {frozen_s:.3f} s/step frozen, {steps_per_epoch} steps/epoch, "
