@@ -128,10 +128,12 @@ def plan(
         # The cheapest cadence whose validation stays within VAL_SHARE of training, stretched to one that divides
         # the epochs: the last epoch must be a validated one, so the best checkpoint and the final metrics see the
         # finished schedule. (Cutting the epochs to a multiple of the cadence instead would throw budget away.)
+        # Stretched at most twofold, so the curves keep at least half their points (22 epochs validated every 11
+        # would leave two); an epoch count without such a divisor is skipped.
         needed = max(1, min(epochs, math.ceil(epochs * costs.val_s / max(1e-9, VAL_SHARE * train_s))))
         val_every = _smallest_divisor_from(epochs, needed)
         total = train_s + (epochs // val_every) * costs.val_s
-        if total <= available:
+        if val_every <= 2 * needed and total <= available:
             best = (epochs, freeze, val_every, total)
     if best is None:
         one_epoch = steps * costs.step_s + costs.epoch_s + costs.val_s

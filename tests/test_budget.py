@@ -76,17 +76,30 @@ def test_the_cadence_divides_the_epochs_instead_of_the_epochs_shrinking_to_the_c
 
 @pytest.mark.parametrize("budget", [60, 95, 180, 400, 1000])
 def test_no_longer_schedule_with_a_validated_last_epoch_fits(budget):
-    """Hand rule: e epochs validated every k (k divides e, validation at most 20 % of training or the cadence
-    stretched until it is) cost 5 + e x 10 x 1.0 + e/k x 8 s + 8 s final; the plan is the largest e that fits."""
+    """Hand rule: validation (8 s) may take a fifth of training (10 s an epoch), so the cheapest cadence is every
+    4 epochs (every e for e < 4); it may stretch up to 8 to divide e. e epochs cost 5 + 10 e + 8 e/k + 8 s final;
+    the plan is the largest e that fits, e.g. never 11 (prime) or 22 (divisors 11, 22: too few validations)."""
     c = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=10, val_s=8.0, elapsed_s=5.0)
     p = plan(budget, c, recipe_epochs=10)
 
     def fits(e: int) -> bool:
-        k = next(k for k in range(1, e + 1) if e % k == 0 and e / k * 8.0 <= 0.2 * e * 10 or k == e)
-        return 5 + e * 10 + e // k * 8.0 + 8.0 <= budget * MARGIN
+        cheapest = min(e, 4)
+        cadences = [k for k in range(cheapest, 2 * cheapest + 1) if e % k == 0]
+        return bool(cadences) and 5 + e * 10 + e // cadences[0] * 8.0 + 8.0 <= budget * MARGIN
 
     assert p.epochs == max(e for e in range(1, 200) if fits(e))
-    assert p.epochs % p.val_every == 0
+    assert p.epochs % p.val_every == 0 and p.val_every <= 2 * min(p.epochs, 4)
+
+
+def test_the_cadence_keeps_enough_validations_for_the_curves():
+    """The segmentation recipe's costs at 3 minutes (bench/recipes.py): 22 epochs would only divide into a cadence
+    of 11 (two validations); the plan takes 21 validated every 3 instead."""
+    c = Costs(
+        step_s=0.98, frozen_step_s=0.654, steps_per_epoch=6, val_s=2.5, elapsed_s=23.0, epoch_s=0.3, final_val_s=2.5
+    )
+    p = plan(180, c, recipe_epochs=10, freeze_epochs=1)
+    assert p.epochs % p.val_every == 0 and p.epochs // p.val_every >= 4
+    assert p.epochs >= 20
 
 
 def test_the_safety_net_leaves_room_for_what_follows_training():
