@@ -14,17 +14,15 @@ recipe's own loaders), next to the whole step, in one process:
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 from recipes import build_data
 from train_tool import REPO
 
-from cvsuite.budget import _probe_trainer, measure
+from cvsuite.budget import _probe_trainer, _StepTimer, measure
 from cvsuite.config import load_config
 from cvsuite.tasks import get_spec
 
@@ -32,14 +30,13 @@ SHARED = REPO.parent / "shared" / "data"
 RECIPES = {"segmentation": "configs/segmentation/finetune.yaml", "detection": "configs/detection/finetune.yaml"}
 
 
-class StepAndBackbone(L.Callback):
-    """Per training batch after the first: the whole step's wall time and the backbone's forward time in it."""
+class StepAndBackbone(_StepTimer):
+    """The planner's per-step timer, plus the backbone's forward time inside each timed step."""
 
     def __init__(self, backbone) -> None:
-        self.steps: list[float] = []
+        super().__init__()
         self.backbone: list[float] = []
-        self._in_backbone = 0.0
-        self._t0 = self._tb = 0.0
+        self._in_backbone = self._tb = 0.0
         backbone.register_forward_pre_hook(self._pre)
         backbone.register_forward_hook(self._post)
 
@@ -50,11 +47,12 @@ class StepAndBackbone(L.Callback):
         self._in_backbone += time.perf_counter() - self._tb
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._in_backbone, self._t0 = 0.0, time.perf_counter()
+        self._in_backbone = 0.0
+        super().on_train_batch_start(trainer, module, batch, batch_idx)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
         if batch_idx > 0:
-            self.steps.append(time.perf_counter() - self._t0)
             self.backbone.append(self._in_backbone)
 
 
@@ -64,12 +62,12 @@ def frozen_share(recipe: str, root: Path, steps: int) -> dict[str, float]:
     dm = spec.build_datamodule(cfg, None)
     dm.setup("fit")
     module = spec.build_module(cfg, dm)
-    step_s, frozen_s, _, batches = measure(copy.deepcopy(module), dm, cfg.trainer)
+    step_s, frozen_s, _, batches = measure(module, dm, cfg.trainer)  # on copies of `module`
     module.finetune_cfg = {**module.finetune_cfg, "freeze_backbone": True, "freeze_epochs": 0}
     timer = StepAndBackbone(module.backbone)
     trainer = _probe_trainer(cfg.trainer, max_steps=steps + 1, limit_val_batches=0, callbacks=[timer])
     trainer.fit(module, datamodule=dm)
-    share = statistics.median(b / s for b, s in zip(timer.backbone, timer.steps))
+    share = statistics.median(b / s for b, s in zip(timer.backbone, timer.times))
     epochs, freeze = int(cfg.trainer["max_epochs"]), cfg.finetune.freeze_epochs
     frozen_part = freeze * frozen_s / (freeze * frozen_s + (epochs - freeze) * step_s)
     return {

@@ -288,8 +288,8 @@ def budget_config(cfg: Config, spec: Any, datamodule: L.LightningDataModule, sta
     val_s = val_batch_s * _limited(datamodule.val_batches(training=True), cfg.trainer.get("limit_val_batches"))
     final_val_s = val_batch_s * datamodule.val_batches(training=False)
     # What still comes before the first step: the run's own module, and Lightning's sanity-check batches.
-    sanity = cfg.trainer.get("num_sanity_val_steps", 2)
-    sanity_s = val_batch_s * min(datamodule.val_batches(training=True), 10**9 if sanity == -1 else int(sanity or 0))
+    sanity, val_batches = cfg.trainer.get("num_sanity_val_steps", 2), datamodule.val_batches(training=True)
+    sanity_s = val_batch_s * (val_batches if sanity == -1 else min(val_batches, int(sanity or 0)))
     elapsed_s = time.time() - started + build_s + sanity_s
     costs = Costs(step_s, frozen_s, steps, val_s, elapsed_s, epoch_s, final_val_s)
     p = plan(

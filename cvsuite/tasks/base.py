@@ -146,7 +146,7 @@ class BaseTask(TaskModule):
         if self.finetune_cfg.get("cache_features"):
             if not self.caches_features:
                 # Measured (bench/dense_frozen_share.py): for dense heads the frozen backbone's forward pass is a
-                # third to a half of a frozen step, at most 2-5 % of a recipe run, and a cache of every feature
+                # third to 60 % of a frozen step, at most 2-6 % of a recipe run, and a cache of every feature
                 # level would drop the crop/scale augmentation those heads learn from.
                 raise ConfigError(
                     "finetune.cache_features: only classification trains its head on cached features; for "
