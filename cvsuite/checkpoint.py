@@ -13,16 +13,14 @@ from typing import Any
 
 import torch
 
+from cvsuite.errors import CheckpointError  # noqa: F401  (importable from here too)
+
 # The resolved recipe, stored in every checkpoint so eval/predict/export need nothing else.
 CONFIG_KEY = "cvsuite_config"
 
 # Classes (beyond torch's own allow-list) that cvsuite checkpoints may hold. None today: hparams are plain dicts.
 SAFE_GLOBALS: list[Any] = []
 torch.serialization.add_safe_globals(SAFE_GLOBALS)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, damaged, not a cvsuite checkpoint, or made for another task."""
 
 
 def resolve(path: str | Path, what: str = "--ckpt") -> Path:

@@ -10,15 +10,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from cvsuite.checkpoint import CheckpointError
-from cvsuite.config import ConfigError
-from cvsuite.data.common import DatasetError
-from cvsuite.models.backbone import WeightsNotFoundError
-from cvsuite.trainer import TrainingInterrupted
+from cvsuite.errors import TrainingInterrupted, UserError
 
-# Our own error types: the user's to fix, so print the message, not a traceback. Any other exception is a bug in
-# cvsuite (or a library) and keeps its traceback.
-USER_ERRORS = (ConfigError, DatasetError, WeightsNotFoundError, CheckpointError)
+# Our own error types (cvsuite.errors): the user's to fix, so print the message, not a traceback. Any other exception
+# is a bug in cvsuite (or a library) and keeps its traceback.
+USER_ERRORS = (UserError,)
 BUG_NOTE = "This is a bug in cvsuite, not in your input: please report it with the traceback above."
 
 

@@ -11,10 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-
-class Failed(Exception):
-    """A command ran but its result is not usable (e.g. an export that fails its parity check): exit 1."""
-
+from cvsuite.errors import Failed
 
 OVERRIDES_HELP = (
     "Any recipe key can follow the flags as --section.key value (e.g. --data.root ROOT --trainer.max_epochs 5); "

@@ -16,19 +16,11 @@ from typing import Any, Literal
 
 import yaml
 
+from cvsuite.errors import ChoiceError, ConfigError  # noqa: F401  (importable from here too)
+
 SECTIONS = ("task", "data", "model", "optim", "finetune", "run", "trainer")
 # The Trainer arguments that the run owns; a recipe setting them would be silently replaced.
 TRAINER_OWNED = ("callbacks", "logger", "enable_checkpointing")
-
-
-class ConfigError(ValueError):
-    """A recipe or override names an unknown key or gives a value of the wrong type."""
-
-
-class ChoiceError(ConfigError, KeyError):
-    """An unknown name where the recipe picks one of several (decoder, loss, generator...); also a KeyError."""
-
-    __str__ = ValueError.__str__  # KeyError's would quote the message
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from cvsuite.data.common import DatasetError
+from cvsuite.errors import CheckFailed  # noqa: F401  (importable from here too)
 
 # (category name, message regex) of warnings that are noise for a cvsuite run, with why.
 WARNING_FILTERS = (
@@ -35,10 +35,6 @@ WARNING_FILTERS = (
 LIGHTNING_NOISE = re.compile(r"litlogger|^TPU available|^HPU available|to estimate number of stepping batches")
 # timm loading a classifier's weights into a features-only trunk: the classifier's own head is left out by design.
 HEAD_KEY = re.compile(r"^(conv_head|bn2|classifier|head|fc|norm_head)\.")
-
-
-class CheckFailed(DatasetError):
-    """The dataset check found errors (listed above the message)."""
 
 
 class _DropLines(logging.Filter):

@@ -26,16 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvsuite.commands import Failed
-from cvsuite.config import ConfigError
+from cvsuite.errors import ConfigError, ExportMismatch, Failed
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_TOLERANCE = 1e-3
 PARITY_IMAGES = 8
-
-
-class ExportMismatch(Failed):
-    """The exported model's outputs differ from PyTorch's by more than the tolerance (the file is kept)."""
 
 
 @dataclass

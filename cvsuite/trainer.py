@@ -34,6 +34,7 @@ from cvsuite.checkpoint import CONFIG_KEY
 from cvsuite.config import Config
 from cvsuite.console import EpochLine, TensorBoardSamples, ValidatedEpoch
 from cvsuite.data.common import RANK_STRIDE
+from cvsuite.errors import TrainingInterrupted
 from cvsuite.tasks import TaskSpec
 
 log = logging.getLogger("cvsuite")
@@ -145,15 +146,6 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             os.replace(partial, filepath)
         self._last_checkpoint_saved = filepath
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on SIGINT (Ctrl+C) or SIGTERM (scheduler, ``kill``); ``last.ckpt`` holds the last complete
-    epoch. ``signum`` is the signal, for the exit status (128 + signum)."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 def interrupted(trainer: L.Trainer, last: ModelCheckpoint, error: BaseException) -> TrainingInterrupted:

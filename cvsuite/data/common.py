@@ -15,14 +15,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cvsuite.distributed import global_rank
+from cvsuite.errors import DatasetError  # noqa: F401  (importable from here too)
 
 log = logging.getLogger("cvsuite")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-
-
-class DatasetError(ValueError):
-    """The data on disk cannot be used as it is; the message names the file and what to do."""
 
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:

