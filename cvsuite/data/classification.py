@@ -209,6 +209,10 @@ class ClassificationDataModule(ContractDataModule):
         return {**super().contract(), "multilabel": bool(self.multilabel)}
 
     def preset_train(self) -> A.Compose:
+        if self.cfg.augment == "none":
+            # No random transform: exactly what validation and predict see (resize + centre crop), which is also
+            # what finetune.cache_features computes its features on.
+            return self.preset_eval()
         return augment.classification_train(self.cfg.augment, self.cfg.image_size, self.norm.mean, self.norm.std)
 
     def preset_eval(self) -> A.Compose:
@@ -295,9 +299,9 @@ class ClassificationDataModule(ContractDataModule):
         if module is None or not module.finetune_cfg.get("cache_features"):
             return super().train_dataloader()
         if module.uses_cached_features():
-            # Un-augmented: the training size and normalisation without random transforms (data.augment none).
-            resize = augment.classification_train("none", self.cfg.image_size, self.norm.mean, self.norm.std)
-            plain = ImageClassificationDataset(self.train_set.samples, resize, self.multilabel)
+            # Un-augmented, and preprocessed exactly as validation and predict see images (resize + centre crop),
+            # so the head learns on the features it is later scored and used on.
+            plain = ImageClassificationDataset(self.train_set.samples, self.eval_pipeline(), self.multilabel)
             features = CachedFeatures(module.train_features(plain, self.cfg.batch_size), self.train_set)
             return make_loader(features, self.cfg.batch_size, train=True, num_workers=0)
         if self._image_loader is None:

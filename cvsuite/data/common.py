@@ -34,19 +34,59 @@ HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     """HWC uint8 array; raises DatasetError naming the file when it cannot be decoded.
 
-    16-bit images are scaled from their full range (0-65535 -> 0-255), not clipped (which would make them
-    white); floating-point images have no agreed range and are refused with a DatasetError. Masks are not read
-    here (`cvsuite.data.segmentation.read_mask_raw` keeps their raw values).
+    The pixels as stored (`image_to_rgb`): 16-bit images scaled from their full range (value / 257), alpha dropped,
+    grey repeated; an EXIF orientation tag is not applied, as annotation files count pixels as stored. Masks are not
+    read here (`cvsuite.data.segmentation.read_mask_raw` keeps their raw values).
     """
     try:
         with Image.open(path) as img:
-            if img.mode in HIGH_BIT_MODES or img.mode == "F":
-                img = _to_8bit(img, path)
-            return np.asarray(img.convert(mode))
+            return image_to_rgb(img, path, mode)
     except DatasetError:
         raise
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DatasetError(f"{path}: cannot read image ({err}). Replace or delete the file.") from err
+
+
+def image_to_rgb(img: Image.Image, name: str | Path = "image", mode: str = "RGB") -> np.ndarray:
+    """A PIL image as HWC uint8 RGB: the one conversion training, eval, predict and the Python API share.
+
+    High-bit modes go through `_to_8bit` (value / 257, whatever the image's own maximum); floating-point files
+    (mode F) have no agreed range and are refused."""
+    if img.mode in HIGH_BIT_MODES or img.mode == "F":
+        img = _to_8bit(img, name)
+    return np.asarray(img.convert(mode))
+
+
+def array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """An array as HWC uint8 RGB, by the rules `read_image` applies to files: HW or HWC with 1, 3 or 4 channels;
+    uint8 as is; other integers (16-bit data) value / 257 like a 16-bit file; floats must lie in [0, 1] (x 255);
+    grey repeated, alpha dropped."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be HW or HWC with 1, 3 or 4 channels, got shape {arr.shape}")
+    arr = arr[:, :, :3] if arr.shape[2] == 4 else np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        return np.ascontiguousarray(arr.astype(np.uint8) * 255)
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
+            raise ValueError("a float image array must hold values in [0, 1]")
+        return np.ascontiguousarray((arr.astype(np.float64) * 255).round().astype(np.uint8))
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.ascontiguousarray(_scale_16bit(arr, "image array"))
+    raise ValueError(f"unsupported image dtype {arr.dtype}")
+
+
+def _scale_16bit(values: np.ndarray, name: str | Path) -> np.ndarray:
+    """0..65535 -> 0..255 (value / 257, rounded): a dim 16-bit image stays dim, as it is on disk."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DatasetError(
+            f"{name}: values {values.min()}..{values.max()}, outside 16 bits; convert it to an 8- or 16-bit image "
+            "with the scaling you intend."
+        )
+    return np.round(values.astype(np.float32) / 257.0).astype(np.uint8)
 
 
 def _to_8bit(img: Image.Image, path: str | Path) -> Image.Image:
@@ -55,13 +95,7 @@ def _to_8bit(img: Image.Image, path: str | Path) -> Image.Image:
             f"{path}: floating-point image (mode F); its value range is not defined, so it cannot be scaled to 8 "
             "bits without guessing. Convert it to an 8- or 16-bit PNG/TIFF with the scaling you intend."
         )
-    values = np.asarray(img)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        raise DatasetError(
-            f"{path}: {img.mode} image with values {values.min()}..{values.max()}, outside 16 bits; convert it to an "
-            "8- or 16-bit image with the scaling you intend."
-        )
-    return Image.fromarray(np.round(values.astype(np.float32) / 257.0).astype(np.uint8), "L")
+    return Image.fromarray(_scale_16bit(np.asarray(img), f"{path} ({img.mode} image)"), "L")
 
 
 def check_image(path: Path) -> str | None:
