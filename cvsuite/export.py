@@ -46,7 +46,7 @@ class ExportResult:
     max_diff: float
     tolerance: float
     num_images: int
-    sizes: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of each checked input
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of each checked image, before preprocessing
 
     def summary(self) -> str:
         shapes = sorted({f"{w}x{h}" for h, w in self.sizes})
@@ -119,9 +119,11 @@ def _runner(path: Path, fmt: str):
 
 
 # ---- the parity check ---------------------------------------------------------------------------------------
-def _parity_inputs(module: Any, cfg: Any, images: str | Path | None, state: dict | None) -> list[torch.Tensor]:
-    """Preprocessed real images, (1, 3, H, W) each: `images` (a file or folder), else the validation split, plus
-    the `SYNTHETIC_SIZES` resizes of the first."""
+def _parity_inputs(
+    module: Any, cfg: Any, images: str | Path | None, state: dict | None
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """Preprocessed real images, (1, 3, H, W) each, and the (height, width) of the images they came from: `images`
+    (a file or folder), else the validation split, plus the `SYNTHETIC_SIZES` resizes of the first."""
     import cv2
 
     from cvsuite.data.common import list_images, read_image
@@ -139,7 +141,7 @@ def _parity_inputs(module: Any, cfg: Any, images: str | Path | None, state: dict
         raise ConfigError("no images for the parity check: pass --images FILE_OR_FOLDER")
     originals = [read_image(p) for p in paths]
     originals += [cv2.resize(originals[0], size, interpolation=cv2.INTER_AREA) for size in SYNTHETIC_SIZES]
-    return [module.preprocess(image)[None] for image in originals]
+    return [module.preprocess(image)[None] for image in originals], [tuple(im.shape[:2]) for im in originals]
 
 
 def _validation_images(cfg: Any, state: dict | None) -> list[Path]:
@@ -213,7 +215,7 @@ def export(
     module, cfg, _, state = load_run(ckpt, config, overrides)  # eval settings (tta, thresholds) applied
     exported = _network(module.eval(), cfg.task, cfg)
     net = exported.network.eval()
-    inputs = _parity_inputs(module, cfg, images, state)
+    inputs, originals = _parity_inputs(module, cfg, images, state)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ("model.onnx" if fmt == "onnx" else "model.pt")
@@ -227,10 +229,10 @@ def export(
             raise
         except Exception as err:
             raise Failed(f"{cfg.task} checkpoint could not be exported to {fmt}: {err}") from err
-    sidecar = write_sidecar(module, cfg, ckpt, path, fmt, exported, inputs)
+    sidecar = write_sidecar(module, cfg, ckpt, path, fmt, exported, inputs, originals)
     tol = DEFAULT_TOLERANCE if tolerance is None else tolerance
     diff = check_parity(net, path, fmt, inputs, tol, exported.compare)
-    return ExportResult(path, sidecar, diff, tol, len(inputs), [tuple(x.shape[-2:]) for x in inputs])
+    return ExportResult(path, sidecar, diff, tol, len(inputs), originals)
 
 
 def _normalisation(pipeline: Any) -> tuple[list[float] | None, list[float] | None]:
@@ -238,7 +240,9 @@ def _normalisation(pipeline: Any) -> tuple[list[float] | None, list[float] | Non
     return (list(map(float, norm.mean)), list(map(float, norm.std))) if norm is not None else (None, None)
 
 
-def write_sidecar(module, cfg, ckpt, path: Path, fmt: str, exported, inputs: list[torch.Tensor]) -> Path:
+def write_sidecar(
+    module, cfg, ckpt, path: Path, fmt: str, exported, inputs: list[torch.Tensor], originals: list[tuple[int, int]]
+) -> Path:
     """``model.json``: what a runtime needs besides the file: the input contract (how to read and preprocess an
     image, which sizes the file takes, what it pads), the outputs and the task's facts."""
     import albumentations as A
@@ -259,6 +263,8 @@ def write_sidecar(module, cfg, ckpt, path: Path, fmt: str, exported, inputs: lis
             "preprocessing": "the 'preprocessing' pipeline below (albumentations), i.e. resize as it says, then "
             "pixels / 255, minus mean, divided by std, per RGB channel, as NCHW",
             **contract.pop("input", {}),
+            # What the parity check ran: images of these (height, width), preprocessed to inputs of these.
+            "checked_images": [[int(h), int(w)] for h, w in originals],
             "checked_sizes": [[int(x.shape[-2]), int(x.shape[-1])] for x in inputs],
         },
         "mean": mean,

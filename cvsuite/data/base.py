@@ -234,7 +234,9 @@ class ContractDataModule(L.LightningDataModule):
     collate_fn: Callable | None = None
 
     def loader(self, dataset: Dataset, train: bool, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
-        return make_loader(dataset, self.cfg.batch_size, train, self.cfg.num_workers, self.collate_fn, sampler=sampler)
+        return make_loader(
+            dataset, self.cfg.batch_size, train, self.cfg.num_workers, self.collate_fn, sampler=sampler, seed=self.seed
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.train_set, train=True)

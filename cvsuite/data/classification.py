@@ -24,6 +24,7 @@ from cvsuite.data.common import (
     list_images,
     make_loader,
     read_image,
+    seeded_index,
     seeded_split,
 )
 from cvsuite.models.backbone import data_config
@@ -137,6 +138,8 @@ class ImageClassificationDataset(Dataset):
     """Dict samples: ``image`` (3, H, W) float tensor, ``label`` int (or (C,) multi-hot float), ``path`` str,
     ``index`` int (position in this dataset, so metrics can drop duplicates)."""
 
+    seeded_by_sample = True  # takes (index, seed) keys from the training sampler (`cvsuite.data.common.SampleSeeds`)
+
     def __init__(self, samples: Samples, transform: A.Compose, multilabel: bool) -> None:
         self.samples = samples
         self.transform = transform
@@ -146,7 +149,8 @@ class ImageClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples.paths)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i = seeded_index(self, key)
         path = self.samples.paths[i]
         image = self.transform(image=read_image(path))["image"]
         return {"image": image, "label": self.target(i), "path": str(path), "index": i}

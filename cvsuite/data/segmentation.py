@@ -39,6 +39,7 @@ from cvsuite.data.common import (
     default_workers,
     list_images,
     read_image,
+    seeded_index,
     seeded_split,
 )
 from cvsuite.models.backbone import data_config
@@ -423,6 +424,8 @@ class SegmentationDataset(Dataset):
     resized to it before scoring.
     """
 
+    seeded_by_sample = True  # takes (index, seed) keys from the training sampler (`cvsuite.data.common.SampleSeeds`)
+
     def __init__(
         self, samples: list[Sample], decoder: MaskDecoder, transform: A.Compose, train: bool, repeats: int = 1
     ) -> None:
@@ -437,7 +440,8 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i = seeded_index(self, key)
         sample = self.samples[i % len(self.samples)]
         image = read_image(sample.image)
         mask = self.decoder(sample, image.shape[:2])

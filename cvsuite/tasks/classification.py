@@ -140,7 +140,9 @@ class ClassificationTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.infer(batch["image"])
         loss = self.criterion(logits, batch["label"])
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
+        # weight 0 for a distributed sampler's copies, which still log: the epoch-end reduction is a collective
+        real = len(logits) - int(self.padded_samples(batch, batch_idx, len(logits)).sum())
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=real, sync_dist=True)
         self.metrics.update(self.scores(logits), batch["label"], self.sample_indices(batch, batch_idx, len(logits)))
 
     def on_validation_epoch_end(self) -> None:

@@ -126,8 +126,9 @@ class DetectionTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
         preds = self.detector(images)
-        loss = self._log_losses("val", self.detector.losses(images, batch["target"]), len(images))
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
+        real = len(images) - int(self.padded_samples(batch, batch_idx, len(images)).sum())  # copies weigh 0
+        loss = self._log_losses("val", self.detector.losses(images, batch["target"]), real)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=real, sync_dist=True)
         self.evaluator.update(
             to_original(preds, images, batch["orig_size"]),
             batch["gt"],

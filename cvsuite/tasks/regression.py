@@ -115,7 +115,8 @@ class RegressionTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self.infer(batch["image"])
         n = pred.shape[0]
-        self.log("val_loss", self.criterion(pred, batch["target"]), on_epoch=True, prog_bar=True, batch_size=n,
+        real = n - int(self.padded_samples(batch, batch_idx, n).sum())  # a distributed sampler's copies weigh 0
+        self.log("val_loss", self.criterion(pred, batch["target"]), on_epoch=True, prog_bar=True, batch_size=real,
                  sync_dist=True)  # fmt: skip
         self.metrics.update(
             self.to_units(pred).float(), batch["target"].float(), self.sample_indices(batch, batch_idx, n)
