@@ -126,9 +126,11 @@ def write_corpus_image(path: Path, rgb: np.ndarray, kind: str) -> Path:
     return path
 
 
-def make_corpus(root: Path, task: str, train_copies: int = 1, seed: int = 0) -> Path:
+def make_corpus(
+    root: Path, task: str, train_copies: int = 1, seed: int = 0, names: tuple[str, ...] | None = None
+) -> Path:
     """A data set of the `CORPUS` shapes for `task`, at ``root``; the validation split holds each shape once,
-    training `train_copies` of each (other noise and positions). Layouts:
+    training `train_copies` of each (other noise and positions); `names` picks some of the shapes. Layouts:
 
     - classification: ``train|val/<square|disc>/<name>.png``, one object per image, its shape the class;
     - detection: ``train|val/`` in COCO (images + annotations.json), classes square and disc;
@@ -143,6 +145,8 @@ def make_corpus(root: Path, task: str, train_copies: int = 1, seed: int = 0) -> 
         records = []
         for copy in range(copies):
             for k, (name, size, kind) in enumerate(CORPUS):
+                if names is not None and name not in names:
+                    continue
                 item_seed = seed * 1000 + k * 10 + copy + (0 if split == "val" else 500)
                 label = ("square", "disc")[(k + copy) % 2]
                 shapes = (label,) if task == "classification" else ("square", "disc")

@@ -27,6 +27,7 @@ from cvsuite.export import export
 from cvsuite.run import evaluate, load_run, predict, train
 from cvsuite.tasks.detection import compare_detections
 from cvsuite.testing import CORPUS, make_corpus
+from cvsuite.trainer import TrainingInterrupted
 from tests.conftest import TINY_BACKBONE
 
 TASKS = ("classification", "detection", "segmentation", "regression")
@@ -278,3 +279,54 @@ def test_eval_does_not_depend_on_batch_size_or_workers(trained, tmp_path):
         ckpt, overrides=["--data.batch_size", "5", "--data.num_workers", "2"], output=str(tmp_path / "b.json")
     )
     _assert_same_metrics(one, mixed)
+
+
+def test_training_is_the_same_with_0_or_2_workers_and_a_resume_with_workers_is_exact(tmp_path, monkeypatch):
+    """Augmentation (random crops, flips) drawn from (seed, epoch, sample): a run with 2 DataLoader workers,
+    interrupted after epoch 1 and resumed, ends exactly where the uninterrupted run without workers ends."""
+    import cvsuite.run
+    from tests.test_resume import StopAt, assert_same_run
+
+    root = make_corpus(tmp_path / "data", "classification", train_copies=2, names=SMALL)
+    recipe = corpus_recipe("classification", root, tmp_path / "w0", trainer={"max_epochs": 3}, data={"image_size": 32})
+    in_process = train(from_dict(recipe))
+    recipe["data"]["num_workers"] = 2
+    recipe["trainer"]["default_root_dir"] = str(tmp_path / "w2")
+    build = cvsuite.run.build_trainer
+
+    def build_stopping(*args, **kwargs):
+        trainer, best, last = build(*args, **kwargs)
+        trainer.callbacks.append(StopAt(epoch=2, batch=1))
+        return trainer, best, last
+
+    monkeypatch.setattr(cvsuite.run, "build_trainer", build_stopping)
+    with pytest.raises(TrainingInterrupted):
+        train(from_dict(recipe))
+    monkeypatch.setattr(cvsuite.run, "build_trainer", build)
+    resumed = train(from_dict(recipe), resume=tmp_path / "w2" / "checkpoints" / "last.ckpt")
+    assert_same_run(in_process, resumed)
+
+
+# ---- 1 or 2 processes ------------------------------------------------------------------------------------------------
+SMALL = ("landscape_4x3", "portrait_3x4", "odd_100x75", "odd_361x479", "grey", "sixteen_bit")
+
+
+def test_segmentation_under_ddp_scores_mixed_shapes_as_one_process(tmp_path):
+    """2 processes, batches of 2 images of different shapes (rank 0 pairs 4:3 with 361x479): the logged mIoU is
+    one process's with batches of 1."""
+    from tests.test_distributed import _check_run, _train_ddp
+
+    root = make_corpus(tmp_path / "data", "segmentation", names=SMALL)
+    recipe = corpus_recipe("segmentation", root, tmp_path / "run", data={"batch_size": 2})
+    _check_run(_train_ddp(recipe, tmp_path), "segmentation", 1)
+
+
+def test_a_validation_split_smaller_than_the_processes_does_not_hang(tmp_path):
+    """One validation image, two processes: rank 1 scores a flagged copy, joins every gather, counts nothing."""
+    from tests.test_distributed import _check_run, _train_ddp
+
+    root = make_corpus(tmp_path / "data", "segmentation", train_copies=4, names=("odd_100x75",))
+    recipe = corpus_recipe("segmentation", root, tmp_path / "run", data={"batch_size": 2})
+    run = _train_ddp(recipe, tmp_path)
+    _check_run(run, "segmentation", 1)
+    assert json.loads((run / "metrics.json").read_text())["num_pixels"] == 75 * 100

@@ -234,9 +234,18 @@ class ContractDataModule(L.LightningDataModule):
     collate_fn: Callable | None = None
 
     def loader(self, dataset: Dataset, train: bool, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
-        return make_loader(
+        loader = make_loader(
             dataset, self.cfg.batch_size, train, self.cfg.num_workers, self.collate_fn, sampler=sampler, seed=self.seed
         )
+        return self.at_epoch(loader) if train else loader
+
+    def at_epoch(self, loader: DataLoader) -> DataLoader:
+        """The training sampler set to the trainer's epoch as the loader is made: a resumed run iterates (and DataLoader
+        workers prefetch) its first epoch before Lightning calls ``set_epoch``."""
+        if self.trainer is not None and hasattr(loader.sampler, "set_epoch"):
+            # Lightning may make the loader before it restores the loops (to count steps): the stored epoch then.
+            loader.sampler.set_epoch(max(self.trainer.current_epoch, int(self.fact("resume_epoch", 0))))
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.train_set, train=True)

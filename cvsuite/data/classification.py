@@ -307,7 +307,7 @@ class ClassificationDataModule(ContractDataModule):
             # so the head learns on the features it is later scored and used on.
             plain = ImageClassificationDataset(self.train_set.samples, self.eval_pipeline(), self.multilabel)
             features = CachedFeatures(module.train_features(plain, self.cfg.batch_size), self.train_set)
-            return make_loader(features, self.cfg.batch_size, train=True, num_workers=0)
+            return self.at_epoch(make_loader(features, self.cfg.batch_size, train=True, num_workers=0, seed=self.seed))
         if self._image_loader is None:
             self._image_loader = super().train_dataloader()
         return self._image_loader

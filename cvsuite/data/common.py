@@ -216,7 +216,8 @@ class EvalSampler(UnrepeatedDistributedSampler):
     (`cvsuite.tasks.base.TaskModule.padded_samples`)."""
 
     def __init__(self, dataset: Dataset) -> None:
-        super().__init__(dataset, shuffle=False)
+        # DistributedSampler's own setup (world, rank): UnrepeatedDistributedSampler's asserts a rank has samples
+        DistributedSampler.__init__(self, dataset, shuffle=False)
         self.indices = list(range(self.rank, len(dataset), self.num_replicas))
         self.copies = not self.indices and len(dataset) > 0
         if self.copies:
