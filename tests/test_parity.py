@@ -330,3 +330,62 @@ def test_a_validation_split_smaller_than_the_processes_does_not_hang(tmp_path):
     run = _train_ddp(recipe, tmp_path)
     _check_run(run, "segmentation", 1)
     assert json.loads((run / "metrics.json").read_text())["num_pixels"] == 75 * 100
+
+
+# ---- a copied data set, stored COCO categories ----------------------------------------------------------------------
+def test_a_copied_data_set_is_scored_on_the_stored_files(tmp_path):
+    import shutil
+
+    from cvsuite.data.common import DatasetError
+    from tests.conftest import tiny_recipe, write_class_folders
+
+    root = write_class_folders(tmp_path / "data", per_class=6, splits=("train",))  # a seeded split: 2 + 2 val
+    ckpt = train(from_dict(tiny_recipe(root, tmp_path / "run", trainer={"max_epochs": 1}, run={"plots": False})))
+    ckpt = ckpt / "checkpoints" / "best.ckpt"
+    original = evaluate(ckpt, output=str(tmp_path / "a.json"))
+    copy = Path(shutil.copytree(root, tmp_path / "moved" / "data"))
+    for p in (copy / "train" / "red").glob("*.png"):  # more images in the copy: a fresh split would differ
+        shutil.copy(p, p.with_name(f"extra_{p.name}"))
+    moved = evaluate(ckpt, overrides=["--data.root", str(copy)], output=str(tmp_path / "b.json"))
+    assert moved["split_files"] == "stored" and moved["data_root"] == str(copy.resolve())
+    _assert_same_metrics({k: v for k, v in original.items() if k != "data_root"}, moved)
+    derived = evaluate(ckpt, overrides=["--data.root", str(copy), "--data.rederive_split", "true"],
+                       output=str(tmp_path / "c.json"))  # fmt: skip
+    assert derived["split_files"] == "derived" and derived["num_samples"] != moved["num_samples"]
+    for f in copy.rglob("*.png"):  # every file of the copy changed: the stored ones are among them
+        Image.fromarray(np.asarray(Image.open(f)) // 2).save(f)
+    with pytest.raises(DatasetError, match="changed since training"):
+        evaluate(ckpt, overrides=["--data.root", str(copy)], output=str(tmp_path / "d.json"))
+
+
+def test_segmentation_stores_its_coco_categories(tmp_path):
+    """Category id -> class id is stored; evaluating COCO files that list other categories keeps the model's."""
+    from cvsuite.data.segmentation import SegmentationDataConfig, SegmentationDataModule
+
+    def coco(folder: Path, cats: list[int]) -> None:
+        (folder / "images").mkdir(parents=True)
+        images, anns = [], []
+        for i in range(3):
+            Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(folder / "images" / f"{i}.png")
+            images.append({"id": i, "file_name": f"{i}.png", "height": 20, "width": 30})
+            square = [[2, 2, 12, 2, 12, 12, 2, 12]]
+            anns.append({"id": i, "image_id": i, "category_id": cats[-1], "segmentation": square, "area": 100,
+                         "iscrowd": 0})  # fmt: skip
+        categories = [{"id": c, "name": f"cat{c}"} for c in cats]
+        (folder / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+
+    coco(tmp_path / "a" / "train", [7, 9])
+    cfg = SegmentationDataConfig(root=str(tmp_path / "a"), train_annotations="train/ann.json", val_fraction=0.34)
+    dm = SegmentationDataModule(cfg, TINY_BACKBONE)
+    dm.setup("fit")
+    state = dm.state_dict()
+    assert state["category_ids"] == [[7, 1], [9, 2]] and dm.class_names == ["background", "cat7", "cat9"]
+    coco(tmp_path / "b" / "train", [9])  # another file: only category 9, which it alone would make class 1
+    cfg_b = SegmentationDataConfig(root=str(tmp_path / "b"), train_annotations="train/ann.json", val_fraction=0.34)
+    fresh = SegmentationDataModule(cfg_b, TINY_BACKBONE)
+    fresh.setup("fit")
+    assert fresh.decoder.category_ids == {9: 1}
+    stored = SegmentationDataModule(cfg_b, TINY_BACKBONE, stored=state)
+    stored.setup("validate")
+    assert stored.decoder.category_ids == {7: 1, 9: 2}
+    assert set(np.unique(stored.val_set[0]["mask"].numpy())) == {0, 2}  # the object is class 2, as trained
