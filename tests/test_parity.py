@@ -389,3 +389,22 @@ def test_segmentation_stores_its_coco_categories(tmp_path):
     stored.setup("validate")
     assert stored.decoder.category_ids == {7: 1, 9: 2}
     assert set(np.unique(stored.val_set[0]["mask"].numpy())) == {0, 2}  # the object is class 2, as trained
+
+
+def test_an_export_with_tta_computes_the_mirrored_mean(tmp_path):
+    """model.tta at export: the file averages each image and its mirror, as eval and predict do with it."""
+    from tests.conftest import tiny_recipe, write_class_folders
+
+    root = write_class_folders(tmp_path / "data", per_class=4)
+    ckpt = train(from_dict(tiny_recipe(root, tmp_path / "run", trainer={"max_epochs": 1}, run={"plots": False})))
+    ckpt = ckpt / "checkpoints" / "best.ckpt"
+    result = export(ckpt, tmp_path / "out", "onnx", overrides=["--model.tta", "true"])
+    assert json.loads(result.sidecar.read_text())["tta"] is True
+    path = next((root / "val").rglob("*.png"))
+    run = _runner(result.path, "onnx")
+    module = load_run(ckpt, overrides=["--model.tta", "true"])[0]
+    scores = run(module.preprocess(read_image(path))[None])[0][0]
+    with_tta = cvsuite.load(ckpt, device="cpu", overrides={"model.tta": True})(path)
+    without = cvsuite.load(ckpt, device="cpu")(path)
+    np.testing.assert_allclose(scores, with_tta.probs, atol=1e-5)
+    assert not np.allclose(scores, without.probs, atol=1e-5)
