@@ -67,7 +67,13 @@ class TaskModule(L.LightningModule):
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """HWC uint8 RGB -> (3, h, w) normalised float: the checkpoint's eval preprocessing, the one every path
         (validation, eval, predict, the API, the export check) applies."""
-        return self.eval_pipeline()(image=image)["image"]
+        key = id(getattr(self, "data_contract", None))  # rebuilt when load_run attaches the checkpoint's contract
+        if getattr(self, "_preprocess", (None, None))[0] != key:
+            self._preprocess = (key, self.eval_pipeline())
+        return self._call_pipeline(self._preprocess[1], image)
+
+    def _call_pipeline(self, pipeline: Any, image: np.ndarray) -> torch.Tensor:
+        return pipeline(image=image)["image"]
 
     def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and isinstance(images, torch.Tensor) and images.ndim == 4:

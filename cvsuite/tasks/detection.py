@@ -163,9 +163,9 @@ class DetectionTask(BaseTask):
         norm = data_config(self.hparams.backbone)
         return inference_pipeline(self, lambda: augment.detection_eval(self.hparams.image_size, norm.mean, norm.std))
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """HWC uint8 RGB -> (3, h, w) normalised, longest side image_size: the checkpoint's eval preprocessing."""
-        return self.eval_pipeline()(image=image, bboxes=np.zeros((0, 4)), labels=[])["image"]
+    def _call_pipeline(self, pipeline, image: np.ndarray) -> torch.Tensor:
+        # the eval pipeline is box-aware: no boxes at inference (longest side image_size, boxes mapped back by scale)
+        return pipeline(image=image, bboxes=np.zeros((0, 4)), labels=[])["image"]
 
     def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
         """A normalised (3, H, W) tensor back to HWC uint8, with the backbone's mean/std."""
