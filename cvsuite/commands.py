@@ -83,6 +83,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
     from cvsuite.budget import process_start
     from cvsuite.config import load_config
+    from cvsuite.distributed import global_rank
     from cvsuite.outputs import check_output_folder
     from cvsuite.run import train
 
@@ -102,8 +103,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
         if cfg.run.verbose and report.warnings:
             print(report.table(), file=sys.stderr)
     run_dir = train(cfg, resume=args.resume, started=process_start())  # run.budget counts the whole process
-    console.print_best(run_dir, cfg)
-    print(f"run folder: {run_dir}")
+    if global_rank() == 0:  # under DDP every rank runs this command; one of them speaks
+        console.print_best(run_dir, cfg)
+        print(f"run folder: {run_dir}")
 
 
 def _eval(args: argparse.Namespace, overrides: list[str]) -> None:

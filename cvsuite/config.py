@@ -80,6 +80,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "precision": "32-true",
     "default_root_dir": "runs/exp",
     "log_every_n_steps": 10,
+    # Lightning's table counts parameters before the backbone is frozen and FLOPs only for models that set
+    # example_input_array (ours do not: it would read "0"); true shows it anyway.
+    "enable_model_summary": False,
 }
 
 
