@@ -296,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         except Failed as err:
             failed.append(err)
             print(f"error: {err}", file=sys.stderr)
+        finally:
+            from cvsuite import console
+
+            console.end_command()  # lines shown once per command: the next command shows them again
 
     code = main_wrapper(go)
     return code or (1 if failed else 0)

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -304,6 +305,38 @@ RANGES: dict[str, Range] = {
 }
 
 
+# What run.monitor may name: the validation scalars each task logs (tests/test_hostile_inputs.py checks them against
+# the metrics.csv of real runs), besides any ``*_loss``. Lower is better for losses, errors and distances.
+MONITORS: dict[str, tuple[str, ...]] = {
+    "classification": ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_auroc", "val_average_precision"),
+    "detection": tuple(f"val_{k}" for k in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large"))
+    + tuple(f"val_{k}" for k in ("mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")),
+    "segmentation": ("val_miou", "val_dice", "val_pixel_accuracy"),
+    "regression": ("val_mae", "val_rmse", "val_r2"),
+    "generation": ("val_fid", "val_kid"),
+}
+LOWER_IS_BETTER = re.compile(r"(^|_)(loss|mae|rmse|fid|kid)(_|$)")
+
+
+def _check_monitor(cfg: Config, default_mode: str) -> None:
+    monitor, mode = cfg.run.monitor, cfg.run.mode or default_mode
+    if monitor is None:
+        return
+    known = MONITORS.get(cfg.task, ())
+    if monitor not in known and not re.fullmatch(r"(train|val)_\w*loss", monitor):
+        raise ConfigError(
+            f"'run.monitor' must name a metric the {cfg.task} task logs: {', '.join(known)} or a *_loss; got "
+            f"{monitor!r}.{_did_you_mean(monitor, known)}"
+        )
+    lower = bool(LOWER_IS_BETTER.search(monitor))
+    if mode == ("max" if lower else "min"):
+        better = "lower" if lower else "higher"
+        raise ConfigError(
+            f"'run.mode' is {mode} but {monitor} is better when {better}: best.ckpt and early stopping would keep "
+            f"the worst epoch. Set --run.mode {'min' if lower else 'max'}"
+        )
+
+
 def _check_range(value: Any, key: str) -> None:
     """`value` (a number, or a list of them) within ``RANGES[key]``; anything else was checked by type already."""
     allowed = RANGES.get(key)
@@ -452,6 +485,7 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         trainer=_trainer_section(raw.get("trainer")),
     )
     check_combinations(cfg)
+    _check_monitor(cfg, spec.mode)
     return cfg
 
 

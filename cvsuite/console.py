@@ -88,13 +88,26 @@ def setup(verbose: bool = True) -> None:
     # The `lightning` package's own handler prints what also reaches the root handler: each line twice.
     logging.getLogger("lightning").propagate = False
     _add_filter("lightning.pytorch.utilities.rank_zero", _DropLines, LIGHTNING_NOISE)
-    _add_filter("lightning.pytorch.utilities.rank_zero", _Once, DEVICE_LINES)
     _add_filter("lightning.fabric.utilities.rank_zero", _DropLines, LIGHTNING_NOISE)
     _add_filter("timm.models._builder", _DropHeadKeys)
-    _add_filter("cvsuite", _Once)
+    for name, pattern in ONCE:
+        _add_filter(name, _Once, pattern)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("timm").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# Loggers whose lines show once per command (all of them, or those matching the pattern).
+ONCE = (("lightning.pytorch.utilities.rank_zero", DEVICE_LINES), ("cvsuite", None))
+
+
+def end_command() -> None:
+    """Remove the once-per-command filters `setup` installed, so the next command (or, in one Python process,
+    library code) shows its lines again."""
+    for name, _ in ONCE:
+        target = logging.getLogger(name)
+        for f in [f for f in target.filters if isinstance(f, _Once)]:
+            target.removeFilter(f)
 
 
 def _add_filter(logger: str, kind: type[logging.Filter], *args: Any) -> None:

@@ -115,6 +115,27 @@ def test_quiet_silences_timm_and_lightning_info():
     assert logging.getLogger("timm.models._builder").getEffectiveLevel() == logging.INFO
 
 
+def test_a_command_says_each_warning_once(caplog):
+    """eval --predictions builds the detection data twice; "ROOT has no train/ folder" shows once per command."""
+    from cvsuite.console import end_command, setup
+
+    log = logging.getLogger("cvsuite")
+    setup(verbose=False)
+    with caplog.at_level("WARNING", logger="cvsuite"):
+        for _ in range(2):
+            log.warning("%s has no train/ folder; using it as one split", "data/x")
+        log.warning("another message")
+    assert [r.getMessage() for r in caplog.records] == [
+        "data/x has no train/ folder; using it as one split",
+        "another message",
+    ]
+    end_command()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cvsuite"):
+        log.warning("another message")  # the next command (or library code) says it again
+    assert [r.getMessage() for r in caplog.records] == ["another message"]
+
+
 def test_timm_head_keys_are_dropped_but_other_unexpected_keys_stay():
     def passes(message: str) -> bool:
         return _DropHeadKeys().filter(logging.LogRecord("timm", logging.WARNING, "", 0, message, None, None))

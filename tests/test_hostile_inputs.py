@@ -24,7 +24,7 @@ from cvsuite.errors import UserError
 from cvsuite.outputs import atomic_open, write_csv, write_json
 from tests.conftest import colour_image, tiny_recipe, write_class_folders
 
-pytest_plugins = ["tests.surface_fixtures"]  # cls_run, seg_run
+pytest_plugins = ["tests.surface_fixtures"]  # cls_run, seg_run, det_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +84,12 @@ ROWS = [
         TRAIN + ["--run.early_stopping_patience", "2", "--trainer.limit_val_batches", "0"],
         "run.early_stopping_patience needs validation, but trainer.limit_val_batches is 0",
     ),
+    (
+        TRAIN + ["--run.monitor", "val_acc"],
+        "'run.monitor' must name a metric the classification task logs: val_accuracy, val_precision",
+    ),
+    (TRAIN + ["--run.monitor", "val_loss"], "'run.mode' is max but val_loss is better when lower"),
+    (TRAIN + ["--run.monitor", "val_f1", "--run.mode", "min"], "'run.mode' is min but val_f1 is better when higher"),
     (
         TRAIN + ["--data.batch_size", "--trainer.max_epochs", "1"],
         "Override '--data.batch_size' needs a value: --data.batch_size VALUE (it is followed by --trainer.max_epochs)",
@@ -166,6 +172,17 @@ def test_every_shipped_task_checks_its_ranges(task_recipe, changes, text):
     with pytest.raises(ConfigError) as err:
         from_dict(raw)
     assert text in str(err.value)
+
+
+def test_the_monitors_a_recipe_may_name_are_what_the_tasks_log(cls_run, seg_run, det_run):
+    from cvsuite.config import MONITORS
+
+    for task, (_, run) in (("classification", cls_run), ("segmentation", seg_run), ("detection", det_run)):
+        with (run / "metrics.csv").open() as fh:
+            header = next(csv.reader(fh))
+        # COCO's per-area scores are logged when the split holds objects of that size (these tiny shapes: small).
+        expected = {m for m in MONITORS[task] if not m.endswith(("_medium", "_large"))}
+        assert expected <= set(header), (task, expected - set(header))
 
 
 def test_the_shipped_recipes_are_within_range():
