@@ -346,7 +346,8 @@ class PredictReport:
     summary: str = ""
 
     def line(self) -> str:
-        """One line for people: ``predict: 19 of 20 images written to OUT/predictions.csv; 1 skipped (...)``."""
+        """One line for people: ``predict: 19 image(s) predicted into OUT/predictions.csv; 1 skipped (listed in
+        OUT/skipped.json); top-1: cat 12, dog 7``."""
         text = f"predict: {self.read} image(s) predicted into {self.path}"
         if self.skipped:
             text += f"; {len(self.skipped)} skipped (listed in {self.path.parent / 'skipped.json'})"
