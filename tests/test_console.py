@@ -163,3 +163,22 @@ def test_tensorboard_holds_the_learning_rate_and_sample_predictions(seg_run):
     assert "val_example_0/truth_prediction" in images
     img = events.Images("val_example_0/truth_prediction")[0]
     assert img.width > img.height  # truth and prediction side by side
+
+
+def test_learning_rates_are_named_by_role():
+    import torch
+    from torch import nn
+
+    from cvsuite.optim import param_groups
+    from cvsuite.trainer import learning_rates
+
+    model = nn.Module()
+    model.backbone, model.head = nn.Linear(4, 4), nn.Linear(4, 2)
+    layered = torch.optim.SGD(param_groups(model, model.backbone, 0.1, 0.0, backbone_lr_mult=0.25), lr=0.1)
+    assert learning_rates(model, [layered]) == {"lr_head": 0.1, "lr_backbone": pytest.approx(0.025)}
+    shared = torch.optim.SGD(param_groups(model, model.backbone, 0.1, 0.0), lr=0.1)  # one group holds both
+    assert learning_rates(model, [shared]) == {"lr_head": 0.1, "lr_backbone": 0.1}
+    gan = nn.Module()
+    gan.generator, gan.discriminator = nn.Linear(2, 2), nn.Linear(2, 1)
+    g, d = torch.optim.Adam(gan.generator.parameters(), 2e-4), torch.optim.Adam(gan.discriminator.parameters(), 1e-4)
+    assert learning_rates(gan, [g, d]) == {"lr_generator": 2e-4, "lr_discriminator": 1e-4}
