@@ -249,10 +249,10 @@ def checkpoint_config(stored: dict[str, Any], config: str | Path | None, overrid
     refused = [k for k in _changed_keys(reference, cfg.to_dict()) if k not in allowed]
     if refused:
         training = all(training_only(k) for k in refused)
-        what = "training settings, which do nothing" if training else "cannot change a trained model"
         raise ConfigError(
-            f"{', '.join(refused)}: {what} at eval/predict/export (the checkpoint fixes the model; train again to "
-            f"change it). Settings that may change here: {', '.join(sorted(allowed))}"
+            f"{', '.join(refused)}: cannot change a trained model at eval/predict/export"
+            f"{' (settings of training only)' if training else ''}: the checkpoint fixes the model; train again to "
+            f"change it. Settings that may change here: {', '.join(sorted(allowed))}"
         )
     if ignored:
         log.info("note: --config %s: training settings ignored (the model is trained): %s", config, ", ".join(ignored))

@@ -108,7 +108,7 @@ ROWS = [
     ),
     (
         ["eval", "--ckpt", "{ckpt}", "--config", "{recipe}", "--trainer.max_epochs", "3"],
-        "trainer.max_epochs: training settings, which do nothing at eval/predict/export",
+        "trainer.max_epochs: cannot change a trained model at eval/predict/export (settings of training only)",
     ),
     (
         ["eval", "--ckpt", "{ckpt}", "--data.image_size", "64"],
