@@ -385,6 +385,10 @@ TRAINER_RANGES: dict[str, Range] = {
 }
 
 
+# Lightning reads a float as a share of the batches and an int as a count.
+FRACTION_OR_COUNT = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
 def _trainer_section(values: dict[str, Any] | None) -> dict[str, Any]:
     """Lightning's Trainer arguments, checked against the annotations of ``Trainer.__init__`` (and the ranges above),
     so ``--trainer.max_epochs two`` or ``0`` fails here, naming the key, and not inside Lightning."""
@@ -404,6 +408,8 @@ def _trainer_section(values: dict[str, Any] | None) -> dict[str, Any]:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if bounds is not None and number and (math.isnan(value) or value not in bounds):
             raise ConfigError(f"'trainer.{key}' must be {bounds}, got {value!r}")
+        if key in FRACTION_OR_COUNT and isinstance(value, float) and value > 1:
+            raise ConfigError(f"'trainer.{key}' must be a fraction in [0, 1] or a count (an integer), got {value!r}")
         out[key] = value
     return out
 

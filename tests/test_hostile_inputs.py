@@ -79,6 +79,7 @@ ROWS = [
     (TRAIN + ["--model.class_weights", "[1, -2]"], "'model.class_weights[1]' must be >= 0, got -2.0"),
     (TRAIN + ["--optim.lr", ".nan"], "'optim.lr' must be > 0, got nan"),
     (TRAIN + ["--run.budget", "0"], "run.budget: cannot read 0"),
+    (TRAIN + ["--trainer.limit_val_batches", "1.5"], "'trainer.limit_val_batches' must be a fraction in [0, 1]"),
     (TRAIN + ["--data.val_subset", "1.5"], "'data.val_subset' must be a fraction in (0, 1] or a count >= 1"),
     (
         TRAIN + ["--run.early_stopping_patience", "2", "--trainer.limit_val_batches", "0"],
