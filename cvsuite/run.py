@@ -242,7 +242,11 @@ def checkpoint_config(stored: dict[str, Any], config: str | Path | None, overrid
         for key in _changed_keys(reference, file_cfg):
             if training_only(key) and key not in allowed:
                 section, _, name = key.partition(".")
-                from_file[section] = {k: v for k, v in from_file[section].items() if k != name}
+                values = from_file.get(section)
+                if isinstance(values, dict):
+                    from_file[section] = {k: v for k, v in values.items() if k != name}
+                else:  # "optim:" left empty: the section's defaults, which the checkpoint's values replace
+                    from_file.pop(section, None)
                 ignored.append(key)
     raw = merge(merge(base, from_file), parse_overrides(overrides or []))
     cfg = from_dict(raw, str(config or "checkpoint config"))

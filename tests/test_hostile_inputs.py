@@ -316,6 +316,19 @@ def test_eval_ignores_the_recipes_training_keys_with_one_note(cls_run, tmp_path,
     assert not (tmp_path / "x").exists()
 
 
+def test_eval_takes_a_recipe_with_empty_training_sections(cls_run, tmp_path):
+    from cvsuite.checkpoint import CONFIG_KEY, read_checkpoint
+    from cvsuite.run import checkpoint_config
+    from cvsuite.tasks import get_spec
+
+    _, run = cls_run
+    stored = read_checkpoint(run / "checkpoints" / "best.ckpt")
+    path = tmp_path / "recipe.yaml"
+    path.write_text("task: classification\noptim:\ntrainer:\n")
+    cfg = checkpoint_config(stored, path, [], get_spec("classification"))
+    assert cfg.to_dict() == from_dict(stored[CONFIG_KEY]).to_dict()  # the empty sections change nothing
+
+
 def test_json_is_strict_and_writes_are_atomic(tmp_path):
     path = write_json(tmp_path / "m.json", {"r2": float("nan"), "x": [float("inf"), np.float32(0.5)], "n": np.int64(3)})
     assert json.loads(path.read_text(), parse_constant=pytest.fail) == {"r2": None, "x": [None, 0.5], "n": 3}
