@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from cvsuite.data.common import read_image
+from cvsuite.data.common import check_image_input, read_image
 
 ImageLike = str | Path | Image.Image | np.ndarray
 # 16/32-bit single-channel modes, which PIL's convert("RGB") would clip to white instead of scaling.
@@ -81,6 +81,7 @@ class Regression:
 def to_rgb(image: ImageLike) -> np.ndarray:
     """HWC uint8 RGB from a path, a PIL image or an array (HW gray, HWC with 1/3/4 channels; uint8, 16-bit
     integers or floats in [0, 1]). Alpha is dropped; 16-bit values are scaled to 8 bits rather than clipped."""
+    check_image_input(image)  # empty or NaN arrays, decompression bombs: named errors, not a prediction or a crash
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
