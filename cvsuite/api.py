@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cvsuite.data.common import array_to_rgb, image_to_rgb, read_image
+from cvsuite.data.common import array_to_rgb, check_image_input, image_to_rgb, read_image
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -79,6 +79,7 @@ def to_rgb(image: ImageLike) -> np.ndarray:
     """HWC uint8 RGB from a path, a PIL image or an array, converted exactly as training reads files
     (`cvsuite.data.common.image_to_rgb` / `array_to_rgb`): 16-bit values / 257, alpha dropped, grey repeated; float
     arrays in [0, 1]."""
+    check_image_input(image)  # empty or NaN arrays, decompression bombs: named errors, not a prediction or a crash
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():

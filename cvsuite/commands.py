@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from cvsuite.errors import Failed
 
@@ -82,12 +83,16 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
     from cvsuite.budget import process_start
     from cvsuite.config import load_config
+    from cvsuite.distributed import global_rank
+    from cvsuite.outputs import check_output_folder
     from cvsuite.run import train
 
     if args.quiet:
         overrides = [*overrides, "--run.verbose", "false"]
     cfg = load_config(args.config, overrides)
     console.setup(cfg.run.verbose)
+    if not args.resume:
+        check_output_folder(cfg.trainer["default_root_dir"], "trainer.default_root_dir")
     if not args.no_check and not args.resume:
         from cvsuite.doctor import check_dataset
 
@@ -98,14 +103,15 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
         if cfg.run.verbose and report.warnings:
             print(report.table(), file=sys.stderr)
     run_dir = train(cfg, resume=args.resume, started=process_start())  # run.budget counts the whole process
-    console.print_best(run_dir, cfg)
-    print(f"run folder: {run_dir}")
+    if global_rank() == 0:  # under DDP every rank runs this command; one of them speaks
+        console.print_best(run_dir, cfg)
+        print(f"run folder: {run_dir}")
 
 
 def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
     from cvsuite.cli import print_json_last
-    from cvsuite.run import evaluate
+    from cvsuite.run import eval_output, evaluate
 
     console.setup(verbose=False)
     metrics = evaluate(args.ckpt, args.config, overrides, args.output, args.predictions, args.split)
@@ -116,23 +122,47 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
         if gt is not None:
             metrics["ground_truth"] = str(gt)
     print(console.metrics_table(metrics), file=sys.stderr)
+    written = [str(eval_output(args.ckpt, args.output))] + [
+        str(metrics[k]) for k in ("predictions", "ground_truth") if k in metrics
+    ]
+    print(
+        f"eval: {metrics.get('num_samples', '?')} sample(s) of the {metrics.get('split', args.split)} split scored; "
+        f"wrote {', '.join(written)}",
+        file=sys.stderr,
+    )
     print_json_last(metrics)
 
 
 def _predict(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
-    from cvsuite.run import predict
+    from cvsuite.run import predict_report
 
     console.setup(verbose=False)
-    options = {"topk": args.topk} if args.topk else {}
-    print(f"predictions: {predict(args.ckpt, args.input, args.output, args.config, overrides, **options)}")
+    options = {"topk": args.topk} if args.topk is not None else {}
+    report = predict_report(args.ckpt, args.input, args.output, args.config, overrides, **options)
+    print(report.line())
 
 
 def _export(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
+    from cvsuite.config import ConfigError
+    from cvsuite.data.common import IMAGE_EXTENSIONS, list_images
     from cvsuite.export import export
+    from cvsuite.outputs import check_output_folder
 
     console.setup(verbose=False)
+    if args.tolerance is not None and not args.tolerance >= 0:  # also NaN
+        raise ConfigError(f"--tolerance must be >= 0 (the largest allowed output difference), got {args.tolerance}")
+    check_output_folder(args.output, "--output")
+    if args.images:
+        images = Path(args.images)
+        if not images.exists():
+            raise ConfigError(f"--images {images}: no such file or folder")
+        if images.is_dir() and not list_images(images):
+            raise ConfigError(
+                f"--images {images}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)}) for the parity "
+                "check; give a folder with a few of your images, or leave --images out (the validation split)"
+            )
     result = export(args.ckpt, args.output, args.format, args.config, overrides, args.images, args.tolerance)
     print(f"exported: {result.path} ({result.summary()})")
 
@@ -155,10 +185,15 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
     from cvsuite.cli import print_json_last
     from cvsuite.config import ConfigError
+    from cvsuite.outputs import check_output_folder
     from cvsuite.run import load_checkpoint
     from cvsuite.tasks.generation import generate_images
 
     console.setup(verbose=False)
+    for flag, value, low in (("--num", args.num, 1), ("--batch-size", args.batch_size, 1), ("--seed", args.seed, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    check_output_folder(args.output, "--output")
     module, cfg, _ = load_checkpoint(args.ckpt, None, overrides)
     if cfg.task != "generation":
         raise ConfigError(f"--ckpt {args.ckpt} is a {cfg.task} checkpoint; generate needs a generation one")
@@ -166,6 +201,7 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
         module = module.cuda()
     paths = generate_images(module, args.num, args.output, args.seed, args.batch_size, args.class_name)
     size = module.hparams.image_size
+    print(f"generate: {len(paths)} image(s) of {size}x{size} written to {args.output}", file=sys.stderr)
     print_json_last({"num_images": len(paths), "output": args.output, "image_size": size, "seed": args.seed})
 
 
@@ -260,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         except Failed as err:
             failed.append(err)
             print(f"error: {err}", file=sys.stderr)
+        finally:
+            from cvsuite import console
+
+            console.end_command()  # lines shown once per command: the next command shows them again
 
     code = main_wrapper(go)
     return code or (1 if failed else 0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +81,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "precision": "32-true",
     "default_root_dir": "runs/exp",
     "log_every_n_steps": 10,
+    # Lightning's table counts parameters before the backbone is frozen and FLOPs only for models that set
+    # example_input_array (ours do not: it would read "0"); true shows it anyway.
+    "enable_model_summary": False,
 }
 
 
@@ -201,8 +206,150 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key accepts: ``low``/``high`` bounds (None = unbounded), each included unless ``*_open``, and
+    a few special values besides (``num_workers: -1`` = one per spare core)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple[float, ...] = ()
+
+    def __contains__(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {low}"
+        else:
+            text = f"{'<' if self.high_open else '<='} {high}"
+        return text + "".join(f", or {_number(v)}" for v in self.also)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+POSITIVE, AT_LEAST_ONE, NON_NEGATIVE = Range(0, low_open=True), Range(1), Range(0)
+FRACTION, PROBABILITY = Range(0, 1, high_open=True), Range(0, 1)  # [0, 1) and [0, 1]
+# The numbers each key accepts, for every task whose section has the key (list elements too: model.class_weights).
+# Checked as the recipe is read, so a bad value stops the command before any data is read or file written.
+RANGES: dict[str, Range] = {
+    "data.batch_size": AT_LEAST_ONE,
+    "data.image_size": AT_LEAST_ONE,
+    "data.crop_size": AT_LEAST_ONE,
+    "data.crops_per_image": AT_LEAST_ONE,
+    "data.num_workers": Range(0, also=(-1,)),
+    "data.val_fraction": Range(0, 1, low_open=True, high_open=True),
+    "data.mixup_alpha": NON_NEGATIVE,
+    "data.cutmix_alpha": NON_NEGATIVE,
+    "data.min_visibility": PROBABILITY,
+    "data.min_box_size": NON_NEGATIVE,
+    "data.images_per_epoch": AT_LEAST_ONE,
+    "data.max_real_images": AT_LEAST_ONE,
+    "data.num_classes": AT_LEAST_ONE,
+    "data.ignore_index": Range(0, 65535),
+    "model.dropout": FRACTION,
+    "model.drop_path_rate": FRACTION,
+    "model.label_smoothing": FRACTION,
+    "model.focal_gamma": NON_NEGATIVE,
+    "model.class_weights": NON_NEGATIVE,
+    "model.score_thresh": PROBABILITY,
+    "model.nms_iou": PROBABILITY,
+    "model.draw_score_thresh": PROBABILITY,
+    "model.max_detections": AT_LEAST_ONE,
+    "model.fpn_channels": AT_LEAST_ONE,
+    "model.head_convs": NON_NEGATIVE,
+    "model.huber_delta": POSITIVE,
+    "model.dice_weight": NON_NEGATIVE,
+    "model.decoder_width": AT_LEAST_ONE,
+    "model.latent_dim": AT_LEAST_ONE,
+    "model.g_channels": AT_LEAST_ONE,
+    "model.d_channels": AT_LEAST_ONE,
+    "model.d_input_size": AT_LEAST_ONE,
+    "model.d_lr": POSITIVE,
+    "model.d_betas": FRACTION,
+    "model.ada_target": PROBABILITY,
+    "model.ada_interval": AT_LEAST_ONE,
+    "model.ada_ramp_images": AT_LEAST_ONE,
+    "model.ema_decay": FRACTION,
+    "model.feature_input_size": AT_LEAST_ONE,
+    "model.kid_subset_size": Range(2),
+    "model.grid_size": AT_LEAST_ONE,
+    "optim.lr": POSITIVE,
+    "optim.momentum": FRACTION,
+    "optim.betas": FRACTION,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.l1_head": NON_NEGATIVE,
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.step_size": AT_LEAST_ONE,
+    "optim.gamma": POSITIVE,
+    "optim.min_lr_ratio": PROBABILITY,
+    "finetune.freeze_epochs": NON_NEGATIVE,
+    "finetune.backbone_lr_mult": NON_NEGATIVE,
+    "finetune.layer_decay": Range(0, 1, low_open=True),
+    "run.seed": Range(0, 2**32 - 1),
+    "run.early_stopping_patience": NON_NEGATIVE,
+    "run.ema_decay": Range(0, 1, low_open=True, high_open=True),
+}
+
+
+# What run.monitor may name: the validation scalars each task logs (tests/test_hostile_inputs.py checks them against
+# the metrics.csv of real runs), besides any ``*_loss``. Lower is better for losses, errors and distances.
+MONITORS: dict[str, tuple[str, ...]] = {
+    "classification": ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_auroc", "val_average_precision"),
+    "detection": tuple(f"val_{k}" for k in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large"))
+    + tuple(f"val_{k}" for k in ("mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")),
+    "segmentation": ("val_miou", "val_dice", "val_pixel_accuracy"),
+    "regression": ("val_mae", "val_rmse", "val_r2"),
+    "generation": ("val_fid", "val_kid"),
+}
+LOWER_IS_BETTER = re.compile(r"(^|_)(loss|mae|rmse|fid|kid)(_|$)")
+
+
+def _check_monitor(cfg: Config, default_mode: str) -> None:
+    monitor, mode = cfg.run.monitor, cfg.run.mode or default_mode
+    if monitor is None:
+        return
+    known = MONITORS.get(cfg.task, ())
+    if monitor not in known and not re.fullmatch(r"(train|val)_\w*loss", monitor):
+        raise ConfigError(
+            f"'run.monitor' must name a metric the {cfg.task} task logs: {', '.join(known)} or a *_loss; got "
+            f"{monitor!r}.{_did_you_mean(monitor, known)}"
+        )
+    lower = bool(LOWER_IS_BETTER.search(monitor))
+    if mode == ("max" if lower else "min"):
+        better = "lower" if lower else "higher"
+        raise ConfigError(
+            f"'run.mode' is {mode} but {monitor} is better when {better}: best.ckpt and early stopping would keep "
+            f"the worst epoch. Set --run.mode {'min' if lower else 'max'}"
+        )
+
+
+def _check_range(value: Any, key: str) -> None:
+    """`value` (a number, or a list of them) within ``RANGES[key]``; anything else was checked by type already."""
+    allowed = RANGES.get(key)
+    if allowed is None:
+        return
+    for i, v in enumerate(value if isinstance(value, list) else [value]):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isnan(v) or v not in allowed):
+            where = f"{key}[{i}]" if isinstance(value, list) else key
+            raise ConfigError(f"'{where}' must be {allowed}, got {v!r}")
+
+
 def build_section(cls: type, values: dict[str, Any] | None, section: str) -> Any:
-    """Instantiate dataclass `cls` from `values`, rejecting unknown keys and wrong types."""
+    """Instantiate dataclass `cls` from `values`, rejecting unknown keys, wrong types and numbers out of range."""
     values = values or {}
     if not isinstance(values, dict):
         raise ConfigError(f"Config section '{section}' must be a mapping of keys, got {values!r}")
@@ -213,33 +360,38 @@ def build_section(cls: type, values: dict[str, Any] | None, section: str) -> Any
         if key not in names:
             raise _unknown(f"{section}.", key, names)
         kwargs[key] = _check_type(value, hints[key], f"{section}.{key}")
+        _check_range(kwargs[key], f"{section}.{key}")
     return cls(**kwargs)
 
 
 # Trainer arguments whose annotation allows numbers Lightning would reject later (or silently misread).
-TRAINER_MINIMUM = {
-    "max_epochs": -1,
-    "min_epochs": 0,
-    "max_steps": -1,
-    "min_steps": 0,
-    "num_nodes": 1,
-    "check_val_every_n_epoch": 1,
-    "num_sanity_val_steps": -1,
-    "log_every_n_steps": 0,
-    "accumulate_grad_batches": 1,
-    "reload_dataloaders_every_n_epochs": 0,
-    "limit_train_batches": 0,
-    "limit_val_batches": 0,
-    "limit_test_batches": 0,
-    "limit_predict_batches": 0,
-    "overfit_batches": 0,
-    "gradient_clip_val": 0,
+TRAINER_RANGES: dict[str, Range] = {
+    "max_epochs": Range(1, also=(-1,)),  # -1: no epoch limit (then trainer.max_steps or early stopping ends it)
+    "min_epochs": NON_NEGATIVE,
+    "max_steps": Range(1, also=(-1,)),
+    "min_steps": NON_NEGATIVE,
+    "num_nodes": AT_LEAST_ONE,
+    "check_val_every_n_epoch": AT_LEAST_ONE,
+    "num_sanity_val_steps": Range(0, also=(-1,)),
+    "log_every_n_steps": NON_NEGATIVE,
+    "accumulate_grad_batches": AT_LEAST_ONE,
+    "reload_dataloaders_every_n_epochs": NON_NEGATIVE,
+    "limit_train_batches": NON_NEGATIVE,
+    "limit_val_batches": NON_NEGATIVE,
+    "limit_test_batches": NON_NEGATIVE,
+    "limit_predict_batches": NON_NEGATIVE,
+    "overfit_batches": NON_NEGATIVE,
+    "gradient_clip_val": NON_NEGATIVE,
 }
 
 
+# Lightning reads a float as a share of the batches and an int as a count.
+FRACTION_OR_COUNT = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
 def _trainer_section(values: dict[str, Any] | None) -> dict[str, Any]:
-    """Lightning's Trainer arguments, checked against the annotations of ``Trainer.__init__`` (and a few lower
-    bounds), so ``--trainer.max_epochs two`` fails here, naming the key, and not inside Lightning."""
+    """Lightning's Trainer arguments, checked against the annotations of ``Trainer.__init__`` (and the ranges above),
+    so ``--trainer.max_epochs two`` or ``0`` fails here, naming the key, and not inside Lightning."""
     from lightning.pytorch import Trainer
 
     hints = typing.get_type_hints(Trainer.__init__)
@@ -252,9 +404,12 @@ def _trainer_section(values: dict[str, Any] | None) -> dict[str, Any]:
             raise _unknown("trainer.", key, allowed)
         if key in hints:
             value = _check_trainer_value(value, hints[key], f"trainer.{key}")
-        low = TRAINER_MINIMUM.get(key)
-        if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
-            raise ConfigError(f"'trainer.{key}' must be >= {low}, got {value!r}")
+        bounds = TRAINER_RANGES.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if bounds is not None and number and (math.isnan(value) or value not in bounds):
+            raise ConfigError(f"'trainer.{key}' must be {bounds}, got {value!r}")
+        if key in FRACTION_OR_COUNT and isinstance(value, float) and value > 1:
+            raise ConfigError(f"'trainer.{key}' must be a fraction in [0, 1] or a count (an integer), got {value!r}")
         out[key] = value
     return out
 
@@ -282,8 +437,11 @@ def parse_overrides(args: list[str]) -> dict[str, dict[str, Any]]:
         name, eq, raw = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(args):
-                raise ConfigError(f"Override '{arg}' needs a value")
+                raise ConfigError(f"Override '{arg}' needs a value: {arg} VALUE")
             raw = args[i + 1]
+            if raw.startswith("--") and raw[2:].partition("=")[0].partition(".")[0] in SECTIONS:
+                # "--data.batch_size --trainer.max_epochs 1": the value was left out, not "--trainer.max_epochs".
+                raise ConfigError(f"Override '{arg}' needs a value: {arg} VALUE (it is followed by {raw})")
             i += 1
         i += 1
         section, dot, key = name.partition(".")
@@ -323,7 +481,7 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     if task not in TASK_MODULES:
         raise ConfigError(f"{source}: 'task' must be one of {', '.join(TASK_MODULES)}, got {task!r}")
     spec = get_spec(task)
-    return Config(
+    cfg = Config(
         task=task,
         data=build_section(spec.data_config, raw.get("data"), "data"),
         model=build_section(spec.model_config, raw.get("model"), "model"),
@@ -332,6 +490,45 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         run=build_section(RunConfig, raw.get("run"), "run"),
         trainer=_trainer_section(raw.get("trainer")),
     )
+    check_combinations(cfg)
+    _check_monitor(cfg, spec.mode)
+    return cfg
+
+
+def check_combinations(cfg: Config) -> None:
+    """Keys that are each valid but cannot work together, named before anything runs."""
+    trainer, run = cfg.trainer, cfg.run
+    limit = trainer.get("limit_val_batches")
+    if run.early_stopping_patience is not None and limit is not None and float(limit) == 0:
+        raise ConfigError(
+            "run.early_stopping_patience needs validation, but trainer.limit_val_batches is 0 (training without "
+            "validation): set run.early_stopping_patience: null, or let the run validate"
+        )
+    endless = trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1
+    if endless and run.early_stopping_patience is None and run.budget is None:
+        raise ConfigError(
+            "trainer.max_epochs is -1 (no limit) and nothing else ends the run: set trainer.max_epochs >= 1, "
+            "trainer.max_steps, run.early_stopping_patience or run.budget"
+        )
+    subset = getattr(cfg.data, "val_subset", None)
+    if isinstance(subset, float) and not 0 < subset <= 1:
+        raise ConfigError(f"'data.val_subset' must be a fraction in (0, 1] or a count >= 1, got {subset!r}")
+    if isinstance(subset, int) and subset < 1:
+        raise ConfigError(f"'data.val_subset' must be a count >= 1 or a fraction in (0, 1], got {subset!r}")
+    if cfg.task == "detection" and cfg.data.image_size % 32:
+        raise ConfigError(
+            f"'data.image_size' must be a multiple of 32 for detection (the deepest feature stride), got "
+            f"{cfg.data.image_size}"
+        )
+    if cfg.finetune.cache_features and not (cfg.finetune.freeze_epochs or cfg.finetune.freeze_backbone):
+        raise ConfigError(
+            "finetune.cache_features applies to frozen epochs, and this recipe has none: set finetune.freeze_epochs "
+            "(or freeze_backbone), or drop cache_features"
+        )
+    if run.budget is not None:
+        from cvsuite.budget import parse_duration
+
+        parse_duration(run.budget)  # "10 minutes", 0 or -5 are named here, not after the data is read
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -342,6 +539,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err.reason}); a recipe is a UTF-8 YAML file") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)}), but this file holds a "
+            f"{type(raw).__name__}; see configs/<task>/*.yaml"
+        )
     return raw
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from cvsuite.errors import CheckFailed  # noqa: F401  (importable from here too)
 
@@ -30,9 +30,16 @@ WARNING_FILTERS = (
     (r"Found \d+ module\(s\) in eval mode at the start of training.*", None),
     # Small data sets: the epoch's metrics are still logged (on_epoch=True), only the step curve is sparse.
     (r"The number of training batches \(\d+\) is smaller than the logging interval.*", None),
+    # torch deprecating TorchScript: `--format torchscript` asks for exactly that file; ONNX is the default.
+    (r".*torch\.jit\.(trace|script|save|load).* (is|are) deprecated.*", None),
 )
-# Lightning INFO lines that advertise or state the obvious.
-LIGHTNING_NOISE = re.compile(r"litlogger|^TPU available|^HPU available|to estimate number of stepping batches")
+# Lightning INFO lines that advertise or state the obvious ("GPU available: False, used: False" on a CPU machine).
+LIGHTNING_NOISE = re.compile(
+    r"litlogger|^TPU available|^HPU available|to estimate number of stepping batches|^GPU available: False, used: False"
+)
+# Lightning INFO lines about the devices, which every Trainer of a command repeats (the budget's probe, training, the
+# final evaluation): shown once per process.
+DEVICE_LINES = re.compile(r"^GPU available|CUDA_VISIBLE_DEVICES")
 # timm loading a classifier's weights into a features-only trunk: the classifier's own head is left out by design.
 HEAD_KEY = re.compile(r"^(conv_head|bn2|classifier|head|fc|norm_head)\.")
 
@@ -46,6 +53,23 @@ class _DropLines(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
+class _Once(logging.Filter):
+    """Lets each message through once per process: the lines matching `pattern` (or all, without one)."""
+
+    def __init__(self, pattern: re.Pattern[str] | None = None) -> None:
+        super().__init__()
+        self.pattern, self.seen = pattern, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.pattern is not None and not self.pattern.search(message):
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 class _DropHeadKeys(logging.Filter):
     """timm's "Unexpected keys (...)" when every key belongs to the classifier head a dense task leaves out."""
 
@@ -55,18 +79,41 @@ class _DropHeadKeys(logging.Filter):
 
 
 def setup(verbose: bool = True) -> None:
-    """Install the filters (idempotent); with ``verbose=False`` also Lightning's INFO lines go."""
+    """Install the filters (idempotent); with ``verbose=False`` also Lightning's INFO lines and timm's "Loading
+    pretrained weights" go. Lightning's device lines and cvsuite's own warnings show once per process (a command
+    that builds its data twice, e.g. eval with --predictions, says "has no train/ folder" once)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for message, _ in WARNING_FILTERS:
         warnings.filterwarnings("ignore", message=message)
-    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLines) for f in lightning_log.filters):
-        lightning_log.addFilter(_DropLines(LIGHTNING_NOISE))
-    timm_log = logging.getLogger("timm.models._builder")
-    if not any(isinstance(f, _DropHeadKeys) for f in timm_log.filters):
-        timm_log.addFilter(_DropHeadKeys())
+    # The `lightning` package's own handler prints what also reaches the root handler: each line twice.
+    logging.getLogger("lightning").propagate = False
+    _add_filter("lightning.pytorch.utilities.rank_zero", _DropLines, LIGHTNING_NOISE)
+    _add_filter("lightning.fabric.utilities.rank_zero", _DropLines, LIGHTNING_NOISE)
+    _add_filter("timm.models._builder", _DropHeadKeys)
+    for name, pattern in ONCE:
+        _add_filter(name, _Once, pattern)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("timm").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# Loggers whose lines show once per command (all of them, or those matching the pattern).
+ONCE = (("lightning.pytorch.utilities.rank_zero", DEVICE_LINES), ("cvsuite", None))
+
+
+def end_command() -> None:
+    """Remove the once-per-command filters `setup` installed, so the next command (or, in one Python process,
+    library code) shows its lines again."""
+    for name, _ in ONCE:
+        target = logging.getLogger(name)
+        for f in [f for f in target.filters if isinstance(f, _Once)]:
+            target.removeFilter(f)
+
+
+def _add_filter(logger: str, kind: type[logging.Filter], *args: Any) -> None:
+    target = logging.getLogger(logger)
+    if not any(type(f) is kind and getattr(f, "pattern", None) == (args[0] if args else None) for f in target.filters):
+        target.addFilter(kind(*args))
 
 
 def _fmt(value: Any) -> str:
@@ -144,6 +191,15 @@ class EpochLine(Callback):
             print(line, file=sys.stderr, flush=True)
 
 
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, counting epochs from 1 of N like the epoch lines, metrics.csv and "best ... at
+    epoch N" (Lightning's own counts from 0)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
 def best_epoch(metrics_csv: Path, monitor: str, mode: str) -> dict[str, Any] | None:
     """The metrics.csv row with the best `monitor` value (first one on ties), as numbers; None without one."""
     if not metrics_csv.is_file():
@@ -168,7 +224,7 @@ def print_best(run_dir: Path, cfg: Any) -> None:
         return
     others = [f"{k} {_fmt(v)}" for k, v in row.items() if k.startswith("val_") and k != monitor][:6]
     extra = f" ({', '.join(others)})" if others else ""
-    print(f"best {monitor} {_fmt(row[monitor])} at epoch {row['epoch'] + 1}{extra}", file=sys.stderr)
+    print(f"best {monitor} {_fmt(row[monitor])} at epoch {row['epoch']}{extra}", file=sys.stderr)  # 1-based, as the CSV
 
 
 COCO_LINES = (

@@ -128,7 +128,7 @@ def _check_images(report: Report, quick: bool) -> None:
     for split, items in report.splits.items():
         sizes, bad = [], []
         for item in items:
-            reason = None if quick else check_image(item.path)
+            reason = check_image(item.path, decode=not quick)  # quick: the header (mode F, size) only
             if reason is None:
                 try:
                     with Image.open(item.path) as img:

@@ -13,11 +13,14 @@ Run folder (``trainer.default_root_dir``)::
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import logging
 import time
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,9 @@ import yaml
 
 from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint, resolve
 from cvsuite.config import Config, ConfigError, from_dict, merge, parse_overrides, read_yaml
-from cvsuite.data.common import DatasetError, drop_unreadable, list_images
+from cvsuite.data.common import IMAGE_EXTENSIONS, DatasetError, drop_unreadable, list_images
 from cvsuite.distributed import check_trainer, end_process_group, global_rank, shared_run_dir
+from cvsuite.outputs import check_output_file, check_output_folder, display_path, write_json
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
 from cvsuite.trainer import build_trainer, interrupted
@@ -51,21 +55,69 @@ EVAL_KEYS = (
     "trainer.precision",
     "run.plots",
 )
+# Recipe keys that only steer training (besides whole sections): see `training_only`.
+TRAINING_SECTIONS = ("optim", "finetune", "run", "trainer")
+TRAINING_KEYS = (
+    "data.augment",
+    "data.train_transforms",
+    "data.mixup_alpha",
+    "data.cutmix_alpha",
+    "data.val_subset",
+    "data.crop_size",
+    "data.crops_per_image",
+    "data.images_per_epoch",
+    "data.hflip",
+    "data.cache",
+    "model.pretrained",
+    "model.weights",
+    "model.loss",
+    "model.label_smoothing",
+    "model.focal_gamma",
+    "model.class_weights",
+    "model.dice_weight",
+    "model.huber_delta",
+    "model.dropout",
+    "model.drop_path_rate",
+)
 # Checkpoint hparams that older checkpoints (before the datamodule stored its state) carried as data facts.
 LEGACY_DATA_FACTS = ("class_names", "eval_pipeline", "multilabel", "ignore_index", "value_map")
 
 
 def new_run_dir(root: str | Path) -> Path:
     """`root`, or `root-2`, `root-3`... when `root` already holds a run: a new run never overwrites old work."""
-    root = Path(root)
+    root = check_output_folder(root, "trainer.default_root_dir")
     candidate, n = root, 1
-    while (candidate / "config.yaml").exists():
+    while (candidate / "config.yaml").exists() or (candidate.exists() and not candidate.is_dir()):
         n += 1
         candidate = root.with_name(f"{root.name}-{n}")
     if candidate != root:
         log.warning("%s holds an earlier run; writing this one to %s", root, candidate)
     candidate.mkdir(parents=True, exist_ok=True)
     return candidate
+
+
+def check_fit_data(cfg: Config, dm: Any) -> None:
+    """After ``dm.setup("fit")``, before the run folder exists: the splits can train and validate this recipe.
+
+    One image per class with ``data.val_fraction`` 0.2 leaves the validation split empty; Lightning would then stop
+    at the first epoch's end (the monitored metric was never logged), with the run folder written.
+    """
+    from cvsuite.trainer import validates
+
+    check_output_folder(cfg.trainer["default_root_dir"], "trainer.default_root_dir")
+    root = getattr(cfg.data, "root", None)
+    train_set, val_set = getattr(dm, "train_set", None), getattr(dm, "val_set", None)
+    if train_set is not None and len(train_set) == 0:
+        raise DatasetError(f"data.root {root}: no training images")
+    if val_set is not None and len(val_set) == 0 and validates(cfg):
+        spec = get_spec(cfg.task)
+        monitor = cfg.run.monitor or spec.monitor
+        raise DatasetError(
+            f"data.root {root}: the validation split is empty ({len(train_set or [])} training images; a class with "
+            f"one image gives none to a data.val_fraction split), so {monitor} (run.monitor) cannot be measured. Add "
+            "images or a val/ split, raise data.val_fraction, or train without validation: "
+            "--trainer.limit_val_batches 0"
+        )
 
 
 def train(cfg: Config, resume: str | Path | None = None, started: float | None = None) -> Path:
@@ -90,6 +142,8 @@ def train(cfg: Config, resume: str | Path | None = None, started: float | None =
     else:
         dm = spec.build_datamodule(cfg, None)
     dm.setup("fit")  # before the run folder exists: a dataset error leaves nothing behind
+    if not resume:
+        check_fit_data(cfg, dm)  # issue 19: an empty split or an unwritable run folder, before anything is written
     if cfg.run.budget is not None:
         from cvsuite import budget
 
@@ -123,7 +177,7 @@ def train(cfg: Config, resume: str | Path | None = None, started: float | None =
         )
         metrics.update(dm.describe())
         metrics["checkpoint"] = str(best)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_json(run_dir / "metrics.json", metrics)  # NaN (undefined) -> null
     if cfg.run.plots and (run_dir / "metrics.csv").exists():
         curves_plot(run_dir / "metrics.csv", run_dir / "curves.png")
     return run_dir
@@ -160,22 +214,54 @@ def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return keys
 
 
+def training_only(key: str) -> bool:
+    """Whether ``section.key`` only steers training (schedule, optimiser, augmentation, loss, run folder): it cannot
+    change a trained model, so a recipe file's value is ignored at eval/predict/export."""
+    return key.partition(".")[0] in TRAINING_SECTIONS or key in TRAINING_KEYS
+
+
 def checkpoint_config(stored: dict[str, Any], config: str | Path | None, overrides: list[str] | None, spec) -> Config:
-    """The checkpoint's recipe with `config` (a YAML file) and `overrides` merged onto it. Only the declared
-    eval settings may differ (`EVAL_KEYS` and the task's own); anything else would not change the trained model,
-    so it is refused rather than accepted and ignored."""
+    """The checkpoint's recipe with `config` (a YAML file) and `overrides` merged onto it.
+
+    Only the declared eval settings may differ (`EVAL_KEYS` and the task's own). A recipe file's training-only keys
+    (`training_only`: the recipe the model was trained with, say, with another ``trainer.max_epochs``) are ignored
+    with one note; an explicit override of one, and any other key (the model or its inputs), is refused rather than
+    accepted and ignored.
+    """
     base = stored[CONFIG_KEY]
-    raw = merge(base, read_yaml(config)) if config else dict(base)
-    raw = merge(raw, parse_overrides(overrides or []))
-    cfg = from_dict(raw, str(config or "checkpoint config"))
     reference = from_dict(base, "checkpoint config").to_dict()
     allowed = set(EVAL_KEYS) | set(spec.eval_keys)
+    from_file = read_yaml(config) if config else {}
+    task = from_file.get("task", base.get("task"))
+    if task != base.get("task"):
+        raise ConfigError(
+            f"--config {config} is a {task} recipe, but the checkpoint is a {base.get('task')} model: pass a "
+            f"{base.get('task')} recipe, or leave --config out (the checkpoint holds its own recipe)"
+        )
+    ignored = []
+    if from_file:
+        file_cfg = from_dict(merge(base, from_file), str(config)).to_dict()
+        for key in _changed_keys(reference, file_cfg):
+            if training_only(key) and key not in allowed:
+                section, _, name = key.partition(".")
+                values = from_file.get(section)
+                if isinstance(values, dict):
+                    from_file[section] = {k: v for k, v in values.items() if k != name}
+                else:  # "optim:" left empty: the section's defaults, which the checkpoint's values replace
+                    from_file.pop(section, None)
+                ignored.append(key)
+    raw = merge(merge(base, from_file), parse_overrides(overrides or []))
+    cfg = from_dict(raw, str(config or "checkpoint config"))
     refused = [k for k in _changed_keys(reference, cfg.to_dict()) if k not in allowed]
     if refused:
+        training = all(training_only(k) for k in refused)
         raise ConfigError(
-            f"{', '.join(refused)}: cannot change a trained model at eval/predict/export (the checkpoint fixes it; "
-            f"train again to change it). Settings that may change here: {', '.join(sorted(allowed))}"
+            f"{', '.join(refused)}: cannot change a trained model at eval/predict/export"
+            f"{' (settings of training only)' if training else ''}: the checkpoint fixes the model; train again to "
+            f"change it. Settings that may change here: {', '.join(sorted(allowed))}"
         )
+    if ignored:
+        log.info("note: --config %s: training settings ignored (the model is trained): %s", config, ", ".join(ignored))
     return cfg
 
 
@@ -219,6 +305,11 @@ def _evaluate_module(module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | No
     return dict(module.last_metrics)
 
 
+def eval_output(ckpt: str | Path, output: str | Path | None = None) -> Path:
+    """Where `evaluate` writes its metrics: `output`, or ``<run>/eval_metrics.json``."""
+    return Path(output) if output else run_dir_of(resolve(ckpt)) / "eval_metrics.json"
+
+
 def evaluate(
     ckpt: str | Path,
     config: str | Path | None = None,
@@ -230,24 +321,87 @@ def evaluate(
     """Metrics of `ckpt` on exactly the validation files stored in it (or, deliberately, on ``ROOT/test`` with
     ``split="test"``, ``data.val_root`` or another ``data.root``); written to ``<run>/eval_metrics.json`` (or
     `output`) and returned, with ``split``, ``split_files``, ``data_root`` and ``num_samples`` saying what was
-    scored. With `predictions`, the task also writes its raw predictions there (detection: COCO results JSON)."""
+    scored. With `predictions`, the task also writes its raw predictions there (detection: COCO results JSON).
+    Undefined metrics (NaN) are ``null`` in the file."""
     ckpt = resolve(ckpt)
+    out = check_output_file(eval_output(ckpt, output), "--output")
+    if predictions:
+        check_output_file(predictions, "--predictions")
     module, cfg, spec, state = load_run(ckpt, config, overrides)
     write_predictions = getattr(module, "write_predictions", None)
     if predictions and write_predictions is None:
         raise ConfigError(f"--predictions: the {cfg.task} task has no predictions file to write")
     dm = spec.build_datamodule(cfg, state, split)
     dm.setup("validate")
-    run_dir = run_dir_of(ckpt)
-    metrics = _evaluate_module(module, spec, cfg, dm, run_dir, plots=False)
+    metrics = _evaluate_module(module, spec, cfg, dm, run_dir_of(ckpt), plots=False)
     metrics.update(dm.describe())
     metrics["checkpoint"] = str(ckpt)
     if predictions:
         metrics["predictions"] = str(write_predictions(predictions))
-    out = Path(output) if output else run_dir / "eval_metrics.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2))
+    write_json(out, metrics)
     return metrics
+
+
+@dataclass
+class PredictReport:
+    """What `predict_report` did: the main output file, the images read, and those skipped with why."""
+
+    path: Path
+    read: int
+    skipped: list[tuple[Path, str]]
+    summary: str = ""
+
+    def line(self) -> str:
+        """One line for people: ``predict: 19 image(s) predicted into OUT/predictions.csv; 1 skipped (listed in
+        OUT/skipped.json); top-1: cat 12, dog 7``."""
+        text = f"predict: {self.read} image(s) predicted into {self.path}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped (listed in {self.path.parent / 'skipped.json'})"
+        return text + (f"; {self.summary}" if self.summary else "")
+
+
+def _check_inputs(inputs: Path) -> list[Path]:
+    if inputs.is_dir():
+        paths = list_images(inputs)
+        if not paths:
+            raise DatasetError(f"--input {inputs}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return paths
+    if inputs.is_file():
+        return [inputs]
+    raise ConfigError(f"--input {inputs}: no such file or folder")
+
+
+def predict_report(
+    ckpt: str | Path,
+    inputs: str | Path,
+    output: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **options: Any,
+) -> PredictReport:
+    """Predict every image in `inputs` (a file or a folder, searched recursively) into `output`. Unreadable or
+    unsupported images (truncated, floating-point, above `max_image_pixels`) are skipped with a warning each and
+    listed in ``output/skipped.json`` (an empty list when none was)."""
+    output = check_output_folder(output, "--output")
+    for name, value in options.items():
+        if name == "topk" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"--topk must be an integer >= 1, got {value!r}")
+    paths = _check_inputs(Path(inputs))
+    module, cfg, spec = load_checkpoint(ckpt, config, overrides)
+    accepted = inspect.signature(spec.predict).parameters
+    for name in options:
+        if name not in accepted:
+            raise ConfigError(f"--{name} does not apply to {cfg.task} checkpoints")
+    paths, skipped = drop_unreadable(paths)  # warns per file; the others are still predicted
+    if not paths:
+        raise DatasetError(f"--input {inputs}: no readable image ({skipped[0][0]}: {skipped[0][1]})")
+    if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"):
+        module = module.cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = Path(spec.predict(module.eval(), paths, output, cfg, **options))
+    write_json(output / "skipped.json", [{"path": display_path(p), "reason": reason} for p, reason in skipped])
+    return PredictReport(result, len(paths), skipped, prediction_summary(cfg, result))
 
 
 def predict(
@@ -258,30 +412,36 @@ def predict(
     overrides: list[str] | None = None,
     **options: Any,
 ) -> Path:
-    """Predict every image in `inputs` (a file or a folder, searched recursively) into `output`."""
-    module, cfg, spec = load_checkpoint(ckpt, config, overrides)
-    accepted = inspect.signature(spec.predict).parameters
-    for name in options:
-        if name not in accepted:
-            raise ConfigError(f"--{name} does not apply to {cfg.task} checkpoints")
-    inputs = Path(inputs)
-    if inputs.is_dir():
-        paths = list_images(inputs)
-        if not paths:
-            raise DatasetError(f"--input {inputs}: folder holds no images")
-    elif inputs.is_file():
-        paths = [inputs]
-    else:
-        raise ConfigError(f"--input {inputs}: no such file or folder")
-    paths, skipped = drop_unreadable(paths)  # warns per file; the others are still predicted
-    if not paths:
-        raise DatasetError(f"--input {inputs}: no readable image ({skipped[0][0]}: {skipped[0][1]})")
-    if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"):
-        module = module.cuda()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        result = spec.predict(module.eval(), paths, Path(output), cfg, **options)
-    if skipped:
-        report = [{"path": str(p), "reason": reason} for p, reason in skipped]
-        (Path(output) / "skipped.json").write_text(json.dumps(report, indent=2))
-    return result
+    """`predict_report`, returning the main output file (predictions.csv, detections.json, ...)."""
+    return predict_report(ckpt, inputs, output, config, overrides, **options).path
+
+
+def prediction_summary(cfg: Config, path: Path) -> str:
+    """A few words on what was predicted, read back from the file the task wrote: the most frequent top-1 classes,
+    the boxes per class above ``model.draw_score_thresh``, the mean pixel share per class, or the mean per target."""
+    try:
+        if cfg.task == "classification":
+            counts = Counter(r["topk"][0]["label"] for r in json.loads((path.parent / "predictions.json").read_text()))
+            return "top-1: " + _counts(counts)
+        if cfg.task == "detection":
+            least = cfg.model.draw_score_thresh
+            rows = json.loads(path.read_text())
+            counts = Counter(d["label"] for r in rows for d in r["detections"] if d["score"] >= least)
+            return f"boxes scoring >= {least:g}: " + (_counts(counts) if counts else "none")
+        if cfg.task in ("segmentation", "regression"):
+            with path.open(encoding="utf-8", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            columns = [c for c in rows[0] if c.startswith("fraction_")] if cfg.task == "segmentation" else None
+            columns = columns if columns is not None else [c for c in rows[0] if c != "path"]
+            means = {c.removeprefix("fraction_"): sum(float(r[c]) for r in rows) / len(rows) for c in columns}
+            what = "mean pixel share" if cfg.task == "segmentation" else "mean"
+            return f"{what}: " + ", ".join(f"{k} {v:.3g}" for k, v in list(means.items())[:8])
+    except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError):
+        return ""
+    return ""
+
+
+def _counts(counts: Counter) -> str:
+    top = counts.most_common(8)
+    more = f", {len(counts) - len(top)} more" if len(counts) > len(top) else ""
+    return ", ".join(f"{name} {n}" for name, n in top) + more

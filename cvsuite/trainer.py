@@ -32,16 +32,22 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from cvsuite.augment import seed_pipelines
 from cvsuite.checkpoint import CONFIG_KEY
 from cvsuite.config import Config
-from cvsuite.console import EpochLine, TensorBoardSamples, ValidatedEpoch
+from cvsuite.console import EpochLine, EpochProgressBar, TensorBoardSamples, ValidatedEpoch
 from cvsuite.data.common import RANK_STRIDE
 from cvsuite.errors import TrainingInterrupted
+from cvsuite.outputs import atomic_open
 from cvsuite.tasks import TaskSpec
 
 log = logging.getLogger("cvsuite")
 
 
 class EpochMetricsFile(Callback):
-    """Appends one row per epoch to metrics.csv: the epoch's train and validation scalars side by side."""
+    """Appends one row per epoch to metrics.csv: the epoch's train and validation scalars side by side.
+
+    ``epoch`` counts from 1, as the epoch lines and "best ... at epoch N" do. The learning rates are named by what
+    they drive: ``lr_head`` (the new head, decoder or FPN) and ``lr_backbone`` (the backbone's top layer: with
+    ``finetune.layer_decay`` the lower layers get less), or ``lr_generator`` and ``lr_discriminator`` for the GAN.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -55,26 +61,53 @@ class EpochMetricsFile(Callback):
             return
         # Validation has run inside this epoch by now when it runs at all (data.val_every / check_val_every_n_epoch
         # may skip it): val_* are this epoch's values, or left empty rather than repeating an older epoch's.
-        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
         for key, value in self.validated.metrics(trainer).items():
-            if key.endswith("_step") or (isinstance(value, torch.Tensor) and value.numel() != 1):
-                continue
+            if (
+                key.endswith("_step")
+                or key.startswith("lr-")
+                or (isinstance(value, torch.Tensor) and value.numel() != 1)
+            ):
+                continue  # lr-<Optimizer>/pgN: LearningRateMonitor's names for TensorBoard; named below instead
             row[key.removesuffix("_epoch")] = round(float(value), 6)
-        if trainer.optimizers:
-            row["lr"] = trainer.optimizers[0].param_groups[-1]["lr"]
+        row.update(learning_rates(module, trainer.optimizers))
         self._append(row)
 
     def _append(self, row: dict[str, Any]) -> None:
         rows = []
         if self.path.exists():
-            with self.path.open() as fh:
+            with self.path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < row["epoch"]]
         rows.append(row)
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        with self.path.open("w", newline="") as fh:
+        with atomic_open(self.path, newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
+
+
+def learning_rates(module: L.LightningModule, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+    """The current learning rates by role: ``lr_head`` / ``lr_backbone`` (the largest backbone group's, absent when
+    the backbone is in no group), or one per optimiser of the GAN (``lr_generator``, ``lr_discriminator``)."""
+    if not optimizers:
+        return {}
+    if len(optimizers) == 2 and hasattr(module, "generator") and hasattr(module, "discriminator"):
+        return {f"lr_{net}": opt.param_groups[0]["lr"] for net, opt in zip(("generator", "discriminator"), optimizers)}
+    backbone = getattr(module, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if isinstance(backbone, torch.nn.Module) else set()
+    head, trunk = [], []
+    for group in optimizers[0].param_groups:  # a group may hold both (same lr and weight decay): counts for both
+        ids = {id(p) for p in group["params"]}
+        if ids - in_backbone:
+            head.append(group["lr"])
+        if ids & in_backbone:
+            trunk.append(group["lr"])
+    out = {}
+    if head:
+        out["lr_head"] = max(head)
+    if trunk:
+        out["lr_backbone"] = max(trunk)
+    return out
 
 
 class SaveConfig(Callback):
@@ -219,6 +252,8 @@ def build_trainer(
         kwargs["reload_dataloaders_every_n_epochs"] = 1
     if cfg.run.verbose:
         callbacks.append(EpochLine(monitor, mode))
+        if cfg.trainer.get("enable_progress_bar", True):
+            callbacks.append(EpochProgressBar())  # epochs counted from 1, as everywhere else
     else:
         kwargs["enable_progress_bar"] = False
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)

@@ -13,7 +13,7 @@ import yaml
 
 from cvsuite import cli
 from cvsuite.checkpoint import CONFIG_KEY, CheckpointError, read_checkpoint
-from cvsuite.config import from_dict
+from cvsuite.config import ConfigError, from_dict
 from cvsuite.run import predict, train
 from tests.conftest import tiny_recipe, write_class_folders
 from tests.test_detection_tools import tool
@@ -127,14 +127,12 @@ def test_only_our_errors_are_user_errors_and_a_bug_keeps_its_traceback(capsys):
     assert capsys.readouterr().err == "error: --ckpt a.ckpt: checkpoint not found\n"
 
 
-def test_training_without_validation_steps_aside_from_early_stopping_and_best(tmp_path, caplog):
+def test_training_without_validation_steps_aside_from_best_and_refuses_early_stopping(tmp_path, caplog):
     data = write_class_folders(tmp_path / "data", per_class=4)
-    recipe = tiny_recipe(
-        data,
-        tmp_path / "run",
-        run={"plots": False, "early_stopping_patience": 1},
-        trainer={"max_epochs": 2, "limit_val_batches": 0},
-    )
+    trainer = {"max_epochs": 2, "limit_val_batches": 0}
+    recipe = tiny_recipe(data, tmp_path / "run", run={"plots": False}, trainer=trainer)
+    with pytest.raises(ConfigError, match="run.early_stopping_patience needs validation"):
+        from_dict({**recipe, "run": {"early_stopping_patience": 1}})
     with caplog.at_level("WARNING", logger="cvsuite"):
         run_dir = train(from_dict(recipe))
     assert "training without validation" in caplog.text

@@ -150,9 +150,9 @@ def test_a_budgeted_run_trains_the_whole_planned_schedule(tmp_path, monkeypatch,
     assert any("budget plan: ≈ " in r.getMessage() for r in caplog.records)
     with (run_dir / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))  # epochs count from 1
     validated = [int(r["epoch"]) for r in rows if r.get("val_loss")]
-    assert validated == [e for e in range(epochs) if (e + 1) % every == 0] and validated[-1] == epochs - 1
+    assert validated == [e for e in range(1, epochs + 1) if e % every == 0] and validated[-1] == epochs
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     lr = last["lr_schedulers"][0]["_last_lr"][0]
     assert lr == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x optim.min_lr_ratio: the cosine ran to its end

@@ -47,7 +47,7 @@ def test_a_cached_frozen_epoch_gives_the_slow_paths_head(tmp_path):
 def test_after_the_cached_phase_the_backbone_fine_tunes_on_images(tmp_path):
     frozen = _run(tmp_path, "frozen", cache=True, epochs=2)
     fast = _run(tmp_path, "fast", cache=True, epochs=3)
-    assert [int(r["epoch"]) for r in fast["rows"]] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in fast["rows"]] == [1, 2, 3]
     weight = "backbone.conv_stem.weight"
     torch.testing.assert_close(frozen["state"][weight], _run(tmp_path, "again", cache=True, epochs=2)["state"][weight])
     assert not torch.allclose(fast["state"][weight], frozen["state"][weight])  # epoch 3 trained the backbone

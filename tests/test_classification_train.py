@@ -49,9 +49,9 @@ def test_training_lowers_loss_and_writes_the_run_folder(trained):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     epochs = rows(run_dir)
-    assert [int(r["epoch"]) for r in epochs] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in epochs] == [1, 2, 3]  # as the epoch lines count
     assert float(epochs[-1]["train_loss"]) < float(epochs[0]["train_loss"])
-    assert {"val_loss", "val_accuracy", "val_f1", "val_auroc", "lr"} <= set(epochs[0])
+    assert {"val_loss", "val_accuracy", "val_f1", "val_auroc", "lr_head", "lr_backbone"} <= set(epochs[0])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9  # red vs blue is easy
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["task"] == "classification"
@@ -127,7 +127,7 @@ def test_freeze_then_unfreeze_across_a_resume(colour_data, tmp_path):
     train(from_dict(recipe), resume=last)
     after_epoch2 = _backbone(last)
     assert any(not torch.equal(after_epoch1[k], after_epoch2[k]) for k in after_epoch1)
-    assert [int(r["epoch"]) for r in rows(run_dir)] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows(run_dir)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(

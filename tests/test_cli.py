@@ -108,3 +108,23 @@ def test_eval_predictions_on_voc_data_write_coco_ground_truth(det_run, tmp_path,
 
     coco = COCO(str(tmp_path / "dets_gt.json"))
     coco.loadRes(str(preds))
+
+
+def test_readme_install_versions_match_pyproject():
+    """README's "Requires ..." line states the lower bounds pyproject.toml enforces, no older and no other."""
+    import re
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    bounds = {
+        re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower(): d.split(">=")[1].split(",")[0].strip()
+        for d in project["dependencies"]
+        if ">=" in d
+    }
+    bounds["python"] = project["requires-python"].removeprefix(">=")
+    readme = (REPO / "README.md").read_text()
+    install = readme[readme.index("## Install") : readme.index("## Tasks")]
+    line = install[install.index("Requires ") : install.index("Only lower bounds")]
+    stated = {name.lower(): version for name, version in re.findall(r"([A-Za-z][\w-]*) ≥ ([\d.]+)", line)}
+    assert {"python", "torch", "torchvision", "timm", "lightning", "albumentations"} <= set(stated)
+    for name, version in stated.items():
+        assert bounds.get(name) == version, f"README says {name} ≥ {version}, pyproject.toml {bounds.get(name)}"

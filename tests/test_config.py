@@ -94,7 +94,7 @@ def test_shipped_recipes_are_valid(recipe):
         ("optim", {"betas": 0.9}, "'optim.betas' must be a list"),
         ("model", {"class_weights": "balancd"}, "'model.class_weights' must be list or one of 'balanced'"),
         ("trainer", {"max_epochs": "two"}, "'trainer.max_epochs' must be int"),
-        ("trainer", {"max_epochs": -5}, "'trainer.max_epochs' must be >= -1"),
+        ("trainer", {"max_epochs": -5}, "'trainer.max_epochs' must be >= 1, or -1"),
         ("trainer", {"precision": "17-mixed"}, "'trainer.precision' must be"),
         ("trainer", {"enable_progress_bar": "no"}, "'trainer.enable_progress_bar' must be true or false"),
     ],
@@ -106,8 +106,8 @@ def test_choices_lists_and_trainer_arguments_are_checked(section, values, messag
 
 
 def test_lists_are_coerced_and_choices_normalised():
-    cfg = from_dict({**base(), "optim": {"betas": [0, 1], "optimizer": "AdamW"}, "model": {"class_weights": [1, 2]}})
-    assert cfg.optim.betas == [0.0, 1.0] and all(type(b) is float for b in cfg.optim.betas)
+    cfg = from_dict({**base(), "optim": {"betas": [0, 0.5], "optimizer": "AdamW"}, "model": {"class_weights": [1, 2]}})
+    assert cfg.optim.betas == [0.0, 0.5] and all(type(b) is float for b in cfg.optim.betas)
     assert cfg.optim.optimizer == "adamw" and cfg.model.class_weights == [1.0, 2.0]
     cfg = from_dict({**base(), "trainer": {"limit_val_batches": 1, "devices": "auto", "precision": 16}})
     # An int stays an int where Lightning tells 1 (one batch) from 1.0 (all of them).

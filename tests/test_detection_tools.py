@@ -86,8 +86,8 @@ def test_training_writes_the_run_folder(trained):
         assert (run_dir / name).is_file(), name
     with (run_dir / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert {"train_loss", "val_loss", "val_map", "val_map_50", "train_classification_loss", "lr"} <= set(rows[0])
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "val_loss", "val_map", "val_map_50", "train_classification_loss", "lr_head"} <= set(rows[0])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(STAT_KEYS) <= set(metrics) and set(metrics["ap_per_class"]) == {"square", "bar", "disc"}
     # The figure of validation images really holds pairs of drawn tiles.

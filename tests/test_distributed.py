@@ -74,7 +74,7 @@ def _check_run(run: Path, task: str, epochs: int) -> None:
     assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
     with (run / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
     ckpt = run / "checkpoints" / "last.ckpt"
     epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
     logged = rows[epoch]

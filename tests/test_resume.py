@@ -94,7 +94,7 @@ def interrupt_and_resume(recipe: dict, tmp_path: Path, monkeypatch, epoch: int, 
     assert info.value.signum == signal.SIGTERM
     monkeypatch.setattr(cvsuite.run, "build_trainer", build)
     cut = tmp_path / "cut"
-    assert [int(r["epoch"]) for r in _rows(cut)] == list(range(epoch))  # the partial epoch left no row
+    assert [int(r["epoch"]) for r in _rows(cut)] == list(range(1, epoch + 1))  # the partial epoch left no row
     assert _load(cut / "checkpoints" / "last.ckpt")["epoch"] == epoch - 1
     assert train(from_dict(cut_recipe), resume=cut / "checkpoints" / "last.ckpt") == cut
     return full, cut

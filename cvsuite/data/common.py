@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cvsuite.distributed import global_rank
-from cvsuite.errors import DatasetError  # noqa: F401  (importable from here too)
+from cvsuite.errors import DatasetError, UserError  # noqa: F401  (DatasetError importable from here too)
 
 log = logging.getLogger("cvsuite")
 
@@ -99,27 +100,102 @@ def _to_8bit(img: Image.Image, path: str | Path) -> Image.Image:
     return Image.fromarray(_scale_16bit(np.asarray(img), f"{path} ({img.mode} image)"), "L")
 
 
-def check_image(path: Path) -> str | None:
-    """Why `path` is not a readable image, or None when it is. Decodes fully, so truncated files are caught."""
+def max_image_pixels() -> int:
+    """The largest image (width x height) cvsuite reads: Pillow's decompression-bomb limit, twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (178,956,970 pixels by default, about 13,400 x 13,400). A larger file is refused
+    before it is decoded: a tiny PNG can declare a size whose pixels fill the memory. Raise
+    ``PIL.Image.MAX_IMAGE_PIXELS`` in your own code to accept larger images (None lifts the limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return 2 * limit if limit else 0
+
+
+def check_image(path: Path, decode: bool = True) -> str | None:
+    """Why `path` is not an image cvsuite can read, or None when it is.
+
+    Without `decode` only the header is read (format, mode, size: cheap, for the check before training); with it
+    the file is read as training reads it (`read_image`), so truncated files and 16-bit values out of range are
+    caught too. Floating-point (mode F) images and images above `max_image_pixels` are refused either way.
+    """
+    reason = _header_problem(path, allow_float=False)
+    if reason is not None or not decode:
+        return reason
     try:
-        with Image.open(path) as img:
-            img.load()
+        read_image(path)
         return None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except DatasetError as err:
+        return str(err).removeprefix(f"{path}: ")
+    except (OSError, ValueError, MemoryError) as err:
         return str(err) or type(err).__name__
 
 
-def drop_unreadable(paths: Iterable[Path], what: str = "image") -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Split `paths` into readable ones and (path, reason) for the others, warning once per bad file."""
+def _header_problem(path: Path, allow_float: bool) -> str | None:
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                mode = img.mode
+    except Image.DecompressionBombError as err:  # Pillow refuses at open, before the size can be read
+        return _too_large(str(err).split(",")[0], limit)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        return str(err) or type(err).__name__
+    if limit and width * height > limit:
+        return _too_large(f"{width}x{height} = {width * height:,} pixels", limit)
+    if width == 0 or height == 0:
+        return f"empty image ({width}x{height} pixels)"
+    if mode == "F" and not allow_float:
+        return "floating-point image (mode F): its value range is not defined; convert it to 8 or 16 bits"
+    return None
+
+
+def _too_large(size: str, limit: int) -> str:
+    return (
+        f"image too large ({size}; the limit is {limit:,} pixels, against decompression bombs): tile or "
+        "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS"
+    )
+
+
+def drop_unreadable(
+    paths: Iterable[Path], what: str = "image", decode: bool = True
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Split `paths` into readable ones and (path, reason) for the others (`check_image`), warning once per bad
+    file (a ``UserWarning`` naming the file and why, shown without a source line by the CLI)."""
     good, bad = [], []
     for p in paths:
-        reason = check_image(p)
+        reason = check_image(p, decode)
         if reason is None:
             good.append(p)
         else:
             bad.append((p, reason))
             warnings.warn(f"Skipping unreadable {what} {p}: {reason}", stacklevel=2)
     return good, bad
+
+
+def check_array(image: np.ndarray) -> None:
+    """Raise a UserError naming the problem when `image` (an HW/HWC array given to the Python API) holds no pixels
+    or, as floats, NaN or infinite values: the model would predict on them without a word."""
+    if image.size == 0 or 0 in image.shape[:2]:
+        raise UserError(f"an image array of shape {tuple(image.shape)} holds no pixels")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int((~np.isfinite(image)).sum())
+        raise UserError(
+            f"an image array holds {bad} NaN or infinite value(s) of {image.size}; float images must hold values "
+            "in [0, 1]"
+        )
+
+
+def check_image_input(image: Any) -> None:
+    """The API's input check before reading (`cvsuite.api.to_rgb`): a path whose header is not an image or declares
+    too many pixels (`max_image_pixels`) is a DatasetError naming it; an array is checked by `check_array`."""
+    if isinstance(image, (str, Path)) and Path(image).is_file():
+        reason = _header_problem(Path(image), allow_float=True)  # the API reads float images in [0, 1]
+        if reason is not None:
+            raise DatasetError(f"{image}: {reason}")
+    elif isinstance(image, np.ndarray):
+        check_array(image)
+    elif isinstance(image, Image.Image) and 0 in image.size:
+        raise UserError(f"a PIL image of size {image.size} holds no pixels")
 
 
 def seeded_split(n: int, val_fraction: float, seed: int, groups: Sequence[int] | None = None) -> tuple[list, list]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -197,7 +196,9 @@ def build_module(cfg, dm: ClassificationDataModule) -> ClassificationTask:
 
 
 def predict(module: ClassificationTask, paths: list[Path], output: Path, cfg=None, topk: int = 5) -> Path:
-    """Top-k classes per image -> predictions.csv and predictions.json, plus an annotated grid PNG."""
+    """Top-k classes per image -> predictions.csv (``path,label_1,score_1,...``, quoted by the csv module) and
+    predictions.json, plus an annotated grid PNG; each file written whole or not at all (`cvsuite.outputs`)."""
+    from cvsuite.outputs import atomic_path, display_path, write_csv, write_json
     from cvsuite.plots import image_grid
 
     names = list(module.hparams.class_names)
@@ -213,18 +214,21 @@ def predict(module: ClassificationTask, paths: list[Path], output: Path, cfg=Non
         values, idx = s.topk(k)
         rows.append(
             {
-                "path": str(path),
+                "path": display_path(path),
                 "topk": [{"label": names[i], "score": round(float(v), 6)} for v, i in zip(values, idx.tolist())],
             }
         )
     output.mkdir(parents=True, exist_ok=True)
-    (output / "predictions.json").write_text(json.dumps(rows, indent=2))
-    with (output / "predictions.csv").open("w") as fh:
-        fh.write("path," + ",".join(f"label_{i + 1},score_{i + 1}" for i in range(k)) + "\n")
-        for row in rows:
-            fh.write(row["path"] + "," + ",".join(f"{t['label']},{t['score']}" for t in row["topk"]) + "\n")
+    write_json(output / "predictions.json", rows)
+    header = ["path", *(f"{name}_{i + 1}" for i in range(k) for name in ("label", "score"))]
+    write_csv(
+        output / "predictions.csv",
+        header,
+        ([r["path"], *(v for t in r["topk"] for v in (t["label"], t["score"]))] for r in rows),
+    )
     captions = [f"{r['topk'][0]['label']} {r['topk'][0]['score']:.2f}" for r in rows]
-    image_grid(shown, captions[: len(shown)], output / "predictions.png")
+    with atomic_path(output / "predictions.png") as tmp:
+        image_grid(shown, captions[: len(shown)], tmp)
     return output / "predictions.csv"
 
 

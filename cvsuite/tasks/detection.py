@@ -277,21 +277,23 @@ def _output_names(paths: list[Path]) -> list[str]:
 
 
 def predict(module: DetectionTask, paths: list[Path], output: Path, cfg=None) -> Path:
-    from cvsuite.plots import draw_boxes
-
     """Detections per image -> ``output/detections.json`` and ``output/<image>.jpg`` with boxes drawn.
 
     JSON: a list of ``{"path", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class_id",
-    "score"}]}``, boxes in pixels of the original image, best score first.
+    "score"}]}``, boxes in pixels of the original image, best score first. Each file is written whole or not at all.
     """
+    from cvsuite.outputs import atomic_path, display_path, write_json
+    from cvsuite.plots import draw_boxes
+
     names = list(module.hparams.class_names)
     output.mkdir(parents=True, exist_ok=True)
+    out_names = _output_names(paths)
     rows = []
     for start in range(0, len(paths), 16):  # a chunk at a time: full-size images add up in memory
         chunk = paths[start : start + 16]
         images = [read_image(p) for p in chunk]
         preds = module.predict_images(images)
-        for path, image, pred, out_name in zip(chunk, images, preds, _output_names(paths)[start : start + 16]):
+        for path, image, pred, out_name in zip(chunk, images, preds, out_names[start : start + 16]):
             dets = [
                 {
                     "box": [round(float(v), 2) for v in box],
@@ -301,14 +303,15 @@ def predict(module: DetectionTask, paths: list[Path], output: Path, cfg=None) ->
                 }
                 for box, k, s in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist())
             ]
-            rows.append({"path": str(path), "width": image.shape[1], "height": image.shape[0], "detections": dets})
+            rows.append(
+                {"path": display_path(path), "width": image.shape[1], "height": image.shape[0], "detections": dets}
+            )
             shown = pred["scores"] >= module.draw_score_thresh
             drawn = draw_boxes(image, pred["boxes"][shown], pred["labels"][shown], names, pred["scores"][shown])
-            Image.fromarray(drawn).save(output / out_name, quality=90)
-    out = output / "detections.json"
+            with atomic_path(output / out_name) as tmp:
+                Image.fromarray(drawn).save(tmp, quality=90)
     # One image per line: readable, and a few MB for thousands of images rather than tens with indent=2.
-    out.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
-    return out
+    return write_json(output / "detections.json", rows, one_per_line=True)
 
 
 def api_predict(module: DetectionTask, images: list[np.ndarray], batch_size: int = 16) -> list:

@@ -7,7 +7,6 @@ original units.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -170,18 +169,18 @@ def build_module(cfg, dm: RegressionDataModule) -> RegressionTask:
 
 
 def predict(module: RegressionTask, paths: list[Path], output: Path, cfg=None) -> Path:
-    """``predictions.csv``: path and one column per target, in target units."""
+    """``predictions.csv``: path and one column per target, in target units (written whole or not at all)."""
+    from cvsuite.outputs import write_csv
+
     names = list(module.hparams.target_names)
-    output.mkdir(parents=True, exist_ok=True)
-    out = output / "predictions.csv"
-    with out.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", *names])
+
+    def rows():
         for i in range(0, len(paths), 64):
             chunk = paths[i : i + 64]
             values = module.predict_images([read_image(p) for p in chunk])
-            writer.writerows([str(p), *(f"{v:.6g}" for v in row)] for p, row in zip(chunk, values.tolist()))
-    return out
+            yield from ([p, *(f"{v:.6g}" for v in row)] for p, row in zip(chunk, values.tolist()))
+
+    return write_csv(output / "predictions.csv", ["path", *names], rows())
 
 
 def api_predict(module: RegressionTask, images: list[np.ndarray], batch_size: int = 16) -> list:

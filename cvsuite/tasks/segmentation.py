@@ -3,8 +3,6 @@ classes, judged by mIoU from one confusion matrix over the split."""
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -221,7 +219,8 @@ def _unique_names(paths: list[Path]) -> list[str]:
 def predict(module: SegmentationTask, paths: list[Path], output: Path, cfg=None, alpha: float = 0.5) -> Path:
     """Per image: ``masks/<stem>.png`` (class ids as gray values, the image's size) and ``overlays/<stem>.png``
     (class colours over the image); ``predictions.csv`` lists them with each class's share of the pixels, and
-    ``palette.json`` gives the overlay colour of each class."""
+    ``palette.json`` gives the overlay colour of each class. Each file is written whole or not at all."""
+    from cvsuite.outputs import atomic_path, write_csv, write_json
     from cvsuite.plots import overlay, palette
 
     names = list(module.hparams.class_names)
@@ -233,15 +232,14 @@ def predict(module: SegmentationTask, paths: list[Path], output: Path, cfg=None,
         image = read_image(path)
         pred = module.predict_image(image)
         mask_path, overlay_path = output / "masks" / f"{stem}.png", output / "overlays" / f"{stem}.png"
-        Image.fromarray(pred.astype(np.uint8 if len(names) <= 256 else np.uint16)).save(mask_path)
-        Image.fromarray(overlay(image, pred, colours, alpha)).save(overlay_path)
+        with atomic_path(mask_path) as tmp:
+            Image.fromarray(pred.astype(np.uint8 if len(names) <= 256 else np.uint16)).save(tmp)
+        with atomic_path(overlay_path) as tmp:
+            Image.fromarray(overlay(image, pred, colours, alpha)).save(tmp)
         share = np.bincount(pred.ravel(), minlength=len(names)) / pred.size
-        rows.append([str(path), str(mask_path), str(overlay_path), *(f"{s:.6f}" for s in share)])
-    with (output / "predictions.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "mask", "overlay", *(f"fraction_{n}" for n in names)])
-        writer.writerows(rows)
-    (output / "palette.json").write_text(json.dumps({n: colours[i].tolist() for i, n in enumerate(names)}, indent=2))
+        rows.append([path, mask_path, overlay_path, *(f"{s:.6f}" for s in share)])
+    write_csv(output / "predictions.csv", ["path", "mask", "overlay", *(f"fraction_{n}" for n in names)], rows)
+    write_json(output / "palette.json", {n: colours[i].tolist() for i, n in enumerate(names)})
     return output / "predictions.csv"
 
 
