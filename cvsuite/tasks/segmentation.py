@@ -249,9 +249,11 @@ def api_predict(module: SegmentationTask, images: list[np.ndarray], batch_size: 
 
     names = list(module.hparams.class_names)
     out = []
-    for lg in module.predict_images(images, batch_size):
-        p = lg.softmax(0).numpy().astype(np.float32) if probs else None
-        out.append(Segmentation(lg.argmax(0).numpy().astype(np.int64), names, p))
+    step = max(batch_size, 16)  # full-size logits are C floats per pixel: turned into masks a chunk at a time
+    for start in range(0, len(images), step):
+        for lg in module.predict_images(images[start : start + step], batch_size):
+            p = lg.softmax(0).numpy().astype(np.float32) if probs else None
+            out.append(Segmentation(lg.argmax(0).numpy().astype(np.int64), names, p))
     return out
 
 
