@@ -408,3 +408,25 @@ def test_an_export_with_tta_computes_the_mirrored_mean(tmp_path):
     without = cvsuite.load(ckpt, device="cpu")(path)
     np.testing.assert_allclose(scores, with_tta.probs, atol=1e-5)
     assert not np.allclose(scores, without.probs, atol=1e-5)
+
+
+@pytest.mark.slow  # three 2-process runs
+def test_a_resumed_ddp_run_continues_every_ranks_random_stream(tmp_path):
+    """2 processes, dropout and random crops: 1 epoch then --resume to 2 ends where 2 epochs straight end (each
+    rank's stream comes from (seed, rank, epoch), not restarted from the initial seed after the restore)."""
+    import yaml
+
+    from tests.test_distributed import DDP, PYTHON, _run, _train_ddp
+    from tests.test_resume import assert_same_run
+
+    root = make_corpus(tmp_path / "data", "classification", train_copies=2, names=SMALL)
+    recipe = corpus_recipe("classification", root, tmp_path / "full", data={"image_size": 32, "batch_size": 2},
+                           model={"dropout": 0.5}, trainer={"max_epochs": 2})  # fmt: skip
+    full = _train_ddp(recipe, tmp_path)
+    recipe["trainer"].update(max_epochs=1, default_root_dir=str(tmp_path / "cut"))
+    cut = _train_ddp(recipe, tmp_path)
+    recipe["trainer"]["max_epochs"] = 2
+    (tmp_path / "resume.yaml").write_text(yaml.safe_dump(recipe))
+    last = cut / "checkpoints" / "last.ckpt"
+    _run([PYTHON, "tools/train.py", "--config", str(tmp_path / "resume.yaml"), "--resume", str(last), *DDP])
+    assert_same_run(full, cut)
