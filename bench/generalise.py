@@ -275,7 +275,10 @@ def set_rows(task: str, name: str, ours: list[dict], plain: list[dict]) -> list[
         if not o or not p:
             continue
         c = compare(o, p, higher)
-        verdict = "**yes**" if c["ahead"] else ("no, behind" if c["behind"] else "no, within spread")
+        if min(len(o), len(p)) < 2:  # no spread to go beyond
+            verdict = "one seed: " + ("ahead" if c["ahead"] else "behind" if c["behind"] else "tie")
+        else:
+            verdict = "**yes**" if c["ahead"] else ("no, behind" if c["behind"] else "no, within spread")
         label += ("" if higher else " (lower is better)") + (f" [{space}]" if space else "")
         first = not rows
         rows.append(

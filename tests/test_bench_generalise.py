@@ -71,6 +71,15 @@ def test_table_rows_per_metric_with_spread_and_failures():
     assert "**yes**" in rows[2]
     assert rows[3].startswith("|  |  | AUROC | 0.985 ± 0.005 | 0.980 ± 0.010 | +0.005 | no, within spread |")
     assert rows[4] == "| detection | bccd | - | 0 done | 1 done | - | - | 1 failed | - |"
+    one_seed = [
+        _result("segmentation", "membrane", "ours", 42, miou=0.70, per_class_iou={"a": 0.6, "b": 0.8}),
+        _result("segmentation", "membrane", "plain", 42, miou=0.75, per_class_iou={"a": 0.7, "b": None}),
+    ]
+    rows = generalise.table(one_seed).splitlines()
+    assert rows[2].startswith(
+        "| segmentation | membrane | mIoU | 0.700 ± 0.000 | 0.750 ± 0.000 | -0.050 | one seed: behind"
+    )
+    assert rows[3].startswith("|  |  | lowest class IoU | 0.600 ± 0.000 | 0.700 ± 0.000 | -0.100 | one seed: behind")
 
 
 def test_cases_cover_every_set_of_the_tasks_with_scaled_budgets():
