@@ -25,8 +25,12 @@ and metric, the mean over seeds of each side with its spread (half the range: me
 "ahead beyond spread" means the margin exceeds both spreads together, i.e. every seed of ours beats every seed of
 plain.
 
-    python bench/generalise.py --work /tmp/generalise --lock /tmp/cvsuite-cpu.lock        # ~4 h on 2 cores
-    python bench/generalise.py --work /tmp/gen-smoke --budget-scale 0.15 --seeds 42       # smoke run, ~25 min
+    python bench/generalise.py --work /tmp/generalise --lock /tmp/cvsuite-cpu.lock   # 40 cases, ~4 h on 2 cores
+    python bench/generalise.py --work /tmp/gen-smoke --budget-scale 0.15 --seeds 42  # smoke run, ~20 min (idle CPU)
+
+A loaded CPU makes both sides refuse short budgets (start-up and evaluation alone exceed them); a smoke check of the
+paths can then cut ours' training instead: ``--ours-args "--run.budget null --trainer.max_epochs 2
+--trainer.limit_train_batches 2"`` (results with extra flags are stored under a name of their own).
 """
 
 from __future__ import annotations
