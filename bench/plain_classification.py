@@ -1,10 +1,11 @@
 """Plain reference, classification: timm's tf_efficientnet_lite0 (offline ImageNet weights) with a new linear head,
 fine-tuned end to end in a hand-written loop for a wall-clock budget, scored by cvsuite's ClassificationMetrics.
 
-ROOT/train/<class>/*.png and ROOT/val/<class>/*.png; timm's own transforms (random resized crop 35-100 % + flip,
-as in bench/plain_timm_finetune.py; the eval transform resizes and centre-crops by the weights' crop_pct); batch 32;
-AdamW (head 1e-3, backbone 1e-4, weight decay 0.01, none on norms and biases); label smoothing 0.1; warm-up then
-cosine over the training time. The final weights are evaluated once on the whole validation split.
+ROOT/train/<class>/*.png and ROOT/val/<class>/*.png (as many classes as folders); timm's own transforms (random
+resized crop 35-100 % + flip, as in bench/plain_timm_finetune.py; the eval transform resizes and centre-crops by the
+weights' crop_pct); batch 32; AdamW (head 1e-3, backbone 1e-4, weight decay 0.01, none on norms and biases); label
+smoothing 0.1; warm-up then cosine over the training time. The final weights are evaluated once on the whole
+validation split.
 
     python bench/plain_classification.py --root ROOT --budget-s 180 --out plain.json [--image-size 224]
 """
@@ -39,7 +40,8 @@ def main() -> None:
     args = p.parse_args()
     setup(args)
 
-    model = lite0(num_classes=2, drop_rate=0.2)
+    classes, _ = datasets.folder.find_classes(f"{args.root}/train")
+    model = lite0(num_classes=len(classes), drop_rate=0.2)
     cfg = timm.data.resolve_model_data_config(model)
     cfg["input_size"] = (3, args.image_size, args.image_size)
     train_tf = timm.data.create_transform(

@@ -2,7 +2,8 @@
 ``features_only``, strides 8/16/32) + torchvision's FPN with P6/P7, trained in a hand-written loop for a wall-clock
 budget and scored by cvsuite's DetectionEvaluator (pycocotools) in the original images' pixels.
 
-ROOT/{train,val}/{images,annotations/*.xml} (VOC). Every photo is decoded once and its longest side resized to
+ROOT/{train,val}/{images,annotations/*.xml} (VOC), or ROOT/{train,val}/{images,labels/*.txt} + ROOT/data.yaml (YOLO;
+classes in its order; VOC's are the sorted names). Every photo is decoded once and its longest side resized to
 --image-size (as the recipe's 256); training flips horizontally (torchvision's detection reference preset); batch 8;
 AdamW (FPN and head 1e-3, backbone 1e-4, weight decay 1e-4, none on norms and biases), gradients clipped at 10, warm-up
 then cosine over the training time. Neck and head as light as the recipe's (64 channels, 2 convolutions per tower).
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from plain_common import MEAN, STD, TimeSchedule, arguments, finish, lite0, param_groups, setup, timed
 from torch import nn
@@ -31,23 +33,58 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from cvsuite.metrics.detection import DetectionEvaluator
 
 
-def read_voc(split: Path, size: int, names: list[str] | None = None) -> tuple[list[dict], list[str]]:
-    """Per image: ``image`` (3, h, w) uint8 with the longest side `size`, ``boxes`` (N, 4) xyxy in those pixels,
-    ``labels`` (N,), ``orig_boxes`` in the original pixels, ``orig_size`` (H, W), ``scale``."""
+def parse_voc(split: Path) -> list[tuple[Path, list[tuple[str, list[float]]]]]:
+    """(image path, [(class name, xyxy in pixels)]) per ``annotations/*.xml``; ``difficult`` objects left out, as
+    cvsuite leaves them out by default."""
     parsed = []
     for xml in sorted((split / "annotations").glob("*.xml")):
         root = ET.parse(xml).getroot()
         objects = [(o.findtext("name"), [float(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")])
-                   for o in root.iter("object")]  # fmt: skip
+                   for o in root.iter("object") if o.findtext("difficult", "0").strip() != "1"]  # fmt: skip
         parsed.append((split / "images" / root.findtext("filename"), objects))
-    names = names or sorted({n for _, objects in parsed for n, _ in objects})
+    return parsed
+
+
+def parse_yolo(split: Path, names: list[str]) -> list[tuple[Path, list[tuple[str, list[float]]]]]:
+    """The same from ``images/*`` + ``labels/<stem>.txt`` (``class cx cy w h``, normalised; no file: no objects)."""
+    parsed = []
+    for path in sorted(p for p in (split / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        label = split / "labels" / f"{path.stem}.txt"
+        rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.is_file() else []
+        w, h = Image.open(path).size
+        objects = []
+        for k, cx, cy, bw, bh in ((int(r[0]), *map(float, r[1:5])) for r in rows):
+            objects.append((names[k], [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]))
+        parsed.append((path, objects))
+    return parsed
+
+
+def yolo_names(root: Path) -> list[str]:
+    """The class names of ROOT/data.yaml (``names:`` list or {id: name}) or ROOT/classes.txt."""
+    if (root / "data.yaml").is_file():
+        names = yaml.safe_load((root / "data.yaml").read_text())["names"]
+        return [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    return (root / "classes.txt").read_text().split()
+
+
+def read_split(split: Path, size: int, names: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """A VOC (``annotations/*.xml``) or YOLO (``labels/*.txt``, names from the parent's data.yaml) split. Per image:
+    ``image`` (3, h, w) uint8 with the longest side `size`, ``boxes`` (N, 4) xyxy in those pixels, ``labels``
+    (N,), ``orig_boxes`` in the original pixels, ``orig_size`` (H, W), ``scale``. VOC classes are the sorted names
+    of the first split read (pass its `names` to the next)."""
+    if (split / "labels").is_dir():
+        names = names or yolo_names(split.parent)
+        parsed = parse_yolo(split, names)
+    else:
+        parsed = parse_voc(split)
+        names = names or sorted({n for _, objects in parsed for n, _ in objects})
     samples = []
     for path, objects in parsed:
         image = Image.open(path).convert("RGB")
         w, h = image.size
         boxes = np.array([b for _, b in objects], np.float32).reshape(-1, 4).clip(0, [w, h, w, h]).astype(np.float32)
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        labels = np.array([names.index(n) for n, _ in objects], np.int64)[keep]
+        labels = np.array([names.index(n) for n, _ in objects], np.int64).reshape(-1)[keep]
         scale = size / max(w, h)
         small = image.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
         samples.append({
@@ -109,8 +146,8 @@ def main() -> None:
     args = p.parse_args()
     setup(args)
     root = Path(args.root)
-    train, names = read_voc(root / "train", args.image_size)
-    val, _ = read_voc(root / "val", args.image_size, names)
+    train, names = read_split(root / "train", args.image_size)
+    val, _ = read_split(root / "val", args.image_size, names)
     model = build(len(names), args.image_size)
 
     _, one_batch = timed(evaluate, model, val[: args.batch_size], names, args.batch_size)

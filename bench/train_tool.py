@@ -14,12 +14,19 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train_tool(recipe: str, root: Path, out: Path, *overrides: str) -> tuple[float, Path, str]:
-    """(wall seconds of the whole process, run folder, its stderr) of ``tools/train.py --config recipe``."""
+def train_tool(
+    recipe: str, root: Path, out: Path, *overrides: str, timeout: float | None = None
+) -> tuple[float, Path, str]:
+    """(wall seconds of the whole process, run folder, its stderr) of ``tools/train.py --config recipe``; exits
+    with the command and its stderr when it fails or runs past `timeout` seconds."""
     cmd = [sys.executable, "tools/train.py", "--config", recipe, "--data.root", str(root),
            "--trainer.default_root_dir", str(out), "--quiet", *overrides]  # fmt: skip
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        stderr = (err.stderr or b"").decode(errors="replace")  # bytes here, whatever text= says
+        sys.exit(f"{' '.join(cmd)}:\n{stderr[-3000:]}\ntimed out after {timeout:.0f} s")
     seconds = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
