@@ -6,8 +6,8 @@ trains one.
     result = model("photo.jpg")           # or a PIL image, an HWC numpy array, or a list of them
     result.labels[0], result.scores[0]    # classification: top-k, best first
 
-Each task has a small adapter (``_Classifier``, ``_Detector``, ...) that turns images into a typed result with
-the module's own preprocessing, so the numbers are those of ``tools/predict.py``.
+Each task's ``TaskSpec.predictor`` turns images into a typed result through the module's own preprocessing and
+forward (those of ``cvsuite predict`` and ``cvsuite eval``), so the numbers are theirs.
 """
 
 from __future__ import annotations
@@ -19,14 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from cvsuite.data.common import check_image_input, read_image
+from cvsuite.data.common import array_to_rgb, check_image_input, image_to_rgb, read_image
 
 ImageLike = str | Path | Image.Image | np.ndarray
-# 16/32-bit single-channel modes, which PIL's convert("RGB") would clip to white instead of scaling.
-WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
 # ---- typed results --------------------------------------------------------------------------------------------------
@@ -79,43 +76,22 @@ class Regression:
 
 # ---- images -------------------------------------------------------------------------------------------------------
 def to_rgb(image: ImageLike) -> np.ndarray:
-    """HWC uint8 RGB from a path, a PIL image or an array (HW gray, HWC with 1/3/4 channels; uint8, 16-bit
-    integers or floats in [0, 1]). Alpha is dropped; 16-bit values are scaled to 8 bits rather than clipped."""
+    """HWC uint8 RGB from a path, a PIL image or an array, converted exactly as training reads files
+    (`cvsuite.data.common.image_to_rgb` / `array_to_rgb`): 16-bit values / 257, alpha dropped, grey repeated; float
+    arrays in [0, 1]."""
     check_image_input(image)  # empty or NaN arrays, decompression bombs: named errors, not a prediction or a crash
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as img:
-                if img.mode in WIDE_MODES:
-                    return to_rgb(np.asarray(img))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            pass  # read_image raises the error that names the file
         return read_image(path)
     if isinstance(image, Image.Image):
-        if image.mode in WIDE_MODES:
-            return to_rgb(np.asarray(image))
-        return np.asarray(image.convert("RGB"))
+        if image.mode == "F":  # a float image built in memory: the array rule (values in [0, 1])
+            return array_to_rgb(np.asarray(image))
+        return image_to_rgb(image)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a path, a PIL image or a numpy array, got {type(image).__name__}")
-    arr = image
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ValueError(f"an image array must be HW or HWC with 1, 3 or 4 channels, got shape {image.shape}")
-    arr = arr[:, :, :3] if arr.shape[2] == 4 else np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if np.issubdtype(arr.dtype, np.floating):
-        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
-            raise ValueError("a float image array must hold values in [0, 1]")
-        return np.ascontiguousarray((arr * 255).round().astype(np.uint8))
-    if np.issubdtype(arr.dtype, np.integer):
-        # 16-bit (or wider) data: 8 bits by scaling the type's range (uint16 65535 -> 255).
-        top = 65535 if arr.max(initial=0) > 255 else 255
-        return np.ascontiguousarray((arr.astype(np.float64) * 255 / top).round().clip(0, 255).astype(np.uint8))
-    raise ValueError(f"unsupported image dtype {arr.dtype}")
+    return array_to_rgb(image)
 
 
 def _as_list(images: ImageLike | Sequence[ImageLike]) -> tuple[list[ImageLike], bool]:
@@ -124,14 +100,20 @@ def _as_list(images: ImageLike | Sequence[ImageLike]) -> tuple[list[ImageLike], 
     return [images], False
 
 
-# ---- predictors ---------------------------------------------------------------------------------------------------
+# ---- the predictor -------------------------------------------------------------------------------------------------
 class Predictor:
-    """A trained checkpoint ready for inference; call it on one image or a list. Built by `load`."""
+    """A trained checkpoint ready for inference; call it on one image or a list. Built by `load`.
 
-    def __init__(self, module: torch.nn.Module, cfg: Any, batch_size: int = 16) -> None:
+    The task's own predictor (`cvsuite.tasks.TaskSpec.predictor`) turns images into typed results through the
+    module's inference methods, the ones ``cvsuite predict`` and ``cvsuite eval`` use, so the numbers are theirs."""
+
+    def __init__(self, module: torch.nn.Module, cfg: Any, spec: Any = None, batch_size: int = 16) -> None:
+        from cvsuite.tasks import get_spec
+
         self.module = module.eval()
         self.cfg = cfg
         self.task: str = cfg.task
+        self.spec = spec or get_spec(cfg.task)
         self.batch_size = batch_size
 
     @property
@@ -143,107 +125,25 @@ class Predictor:
         return self.module.device
 
     def __call__(self, images: ImageLike | Sequence[ImageLike], **options: Any):
+        if self.spec.predictor is None:
+            raise TypeError(f"a {self.task} checkpoint takes no images: call .generate(n, seed)")
         items, is_list = _as_list(images)
         arrays = [to_rgb(x) for x in items]
-        results = self._predict(arrays, **options) if arrays else []
+        results = self.spec.predictor(self.module, arrays, batch_size=self.batch_size, **options) if arrays else []
         return results if is_list else results[0]
 
-    def _predict(self, images: list[np.ndarray], **options: Any) -> list[Any]:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(task={self.task!r}, classes={self.class_names}, device={self.device})"
-
-
-class _Classifier(Predictor):
-    def _predict(self, images: list[np.ndarray], topk: int = 5) -> list[Classification]:
-        names = self.class_names
-        scores = self.module.predict_images(images, batch_size=self.batch_size)
-        k = min(topk, len(names))
-        out = []
-        for s in scores:
-            values, idx = s.topk(k)
-            out.append(
-                Classification([names[i] for i in idx.tolist()], values.tolist(), s.numpy().astype(np.float32), names)
-            )
-        return out
-
-
-class _Detector(Predictor):
-    def _predict(self, images: list[np.ndarray]) -> list[Detections]:
-        names = self.class_names
-        out = []
-        for pred in self.module.predict_images(images, batch_size=self.batch_size):
-            order = pred["scores"].argsort(descending=True)
-            ids = pred["labels"][order].numpy().astype(np.int64)
-            out.append(
-                Detections(
-                    pred["boxes"][order].numpy().astype(np.float32),
-                    pred["scores"][order].numpy().astype(np.float32),
-                    ids,
-                    [names[i] for i in ids.tolist()],
-                    names,
-                )
-            )
-        return out
-
-
-class _Segmenter(Predictor):
-    @torch.no_grad()
-    def _predict(self, images: list[np.ndarray], probs: bool = False) -> list[Segmentation]:
-        pipeline = self.module.eval_pipeline()
-        tensors = [pipeline(image=im)["image"] for im in images]
-        logits: list[torch.Tensor | None] = [None] * len(images)
-        # Batch images whose preprocessed tensors share a shape (all of them with a fixed-size pipeline).
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, t in enumerate(tensors):
-            by_shape.setdefault(tuple(t.shape), []).append(i)
-        for idx in by_shape.values():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start : start + self.batch_size]
-                batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
-                for i, lg in zip(chunk, self.module.infer(batch)):
-                    logits[i] = lg
-        out = []
-        for image, lg in zip(images, logits):
-            lg = lg[None].float()
-            if lg.shape[-2:] != image.shape[:2]:
-                lg = F.interpolate(lg, size=image.shape[:2], mode="bilinear", align_corners=False)
-            mask = lg.argmax(1)[0].cpu().numpy().astype(np.int64)
-            p = lg.softmax(1)[0].cpu().numpy().astype(np.float32) if probs else None
-            out.append(Segmentation(mask, self.class_names, p))
-        return out
-
-
-class _Regressor(Predictor):
-    def _predict(self, images: list[np.ndarray]) -> list[Regression]:
-        names = list(self.module.hparams.target_names)
-        values = self.module.predict_images(images, batch_size=self.batch_size)
-        return [Regression(dict(zip(names, v.tolist())), v.numpy()) for v in values]
-
-
-class _Generator(Predictor):
-    """GAN checkpoints take no images: call `generate`."""
-
-    def __call__(self, images=None, **options: Any):
-        raise TypeError("a generation checkpoint makes images rather than reading them: call .generate(n, seed)")
-
     def generate(self, n: int, seed: int = 0, class_name: str | None = None) -> np.ndarray:
-        """(n, S, S, 3) uint8 samples of the EMA generator; the same checkpoint and seed give the same images."""
+        """Generation checkpoints: (n, S, S, 3) uint8 samples of the EMA generator; the same checkpoint and seed
+        give the same images."""
+        if self.task != "generation":
+            raise TypeError(f"a {self.task} checkpoint reads images: call it on an image or a list of images")
         from cvsuite.tasks.generation import sample_images
 
         images = sample_images(self.module, n, seed, self.batch_size, class_name)
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
-
-# The checkpoint's task -> its adapter. A new task adds one line here.
-PREDICTORS: dict[str, type[Predictor]] = {
-    "classification": _Classifier,
-    "detection": _Detector,
-    "segmentation": _Segmenter,
-    "regression": _Regressor,
-    "generation": _Generator,
-}
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task={self.task!r}, classes={self.class_names}, device={self.device})"
 
 
 def load(
@@ -264,10 +164,8 @@ def load(
 
     # Detection's score threshold / NMS come from the (possibly overridden) recipe, as tools/predict.py applies them.
     module, cfg, spec = load_checkpoint(ckpt, None, override_args(overrides))
-    if cfg.task not in PREDICTORS:
-        raise ValueError(f"{ckpt}: no predictor for task {cfg.task!r}; known: {', '.join(PREDICTORS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return PREDICTORS[cfg.task](module.to(device), cfg, batch_size)
+    return Predictor(module.to(device), cfg, spec, batch_size)
 
 
 def override_args(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cvsuite.data.common import DatasetError, check_image, list_images
+from cvsuite.tasks import get_spec
 
 IMBALANCE_RATIO = 5.0  # most / least frequent class above this: suggest class weights or focal loss
 
@@ -81,8 +82,9 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-# ---- reading each task's splits -----------------------------------------------------------------------------
-def _root(cfg: Any) -> Path:
+# ---- reading the splits: each task's own reader (`TaskSpec.read_dataset`) -----------------------------------
+def data_root(cfg: Any) -> Path:
+    """data.root as a folder that exists, or a DatasetError naming it."""
     if not cfg.data.root:
         raise DatasetError("data.root is not set: give --data.root ROOT")
     root = Path(cfg.data.root).expanduser()
@@ -91,126 +93,9 @@ def _root(cfg: Any) -> Path:
     return root
 
 
-def _classification(cfg: Any, report: Report) -> None:
-    from cvsuite.data.classification import read_csv, read_folders
-
-    root = _root(cfg)
-    d = cfg.data
-    if d.train_csv:
-        train = read_csv(root / d.train_csv, d.class_names)
-        val = read_csv(root / d.val_csv, train.class_names) if d.val_csv else None
-    else:
-        train = read_folders(root / "train", d.class_names)
-        val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
-    report.class_names = train.class_names
-    report.splits["train"] = [Item(p, list(lab)) for p, lab in zip(train.paths, train.labels)]
-    if val is not None:
-        report.splits["val"] = [Item(p, list(lab)) for p, lab in zip(val.paths, val.labels)]
-    else:
-        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
-
-
-def _detection(cfg: Any, report: Report) -> None:
-    from cvsuite.data.formats import read_split
-
-    root = _root(cfg)
-    d = cfg.data
-    kw = {"fmt": d.format, "min_size": d.min_box_size, "use_difficult": d.use_difficult, "root": root}
-    kw["names_file"] = d.names_file
-    folders = {"train": root / "train", "val": root / "val"} if (root / "train").is_dir() else {"train": root}
-    if "val" not in folders:
-        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
-    names = None
-    for split, folder in folders.items():
-        if not folder.is_dir():
-            report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
-            continue
-        s = read_split(folder, class_names=names, **kw)
-        names = names or s.class_names
-        report.splits[split] = [Item(r.path, r.labels.tolist(), r.boxes) for r in s.records]
-        for path, why in s.skipped:
-            report.warnings.append(f"{path}: {why}")
-        _orphans(folder, s.format, report)
-    report.class_names = names or []
-    report.unit = "objects"
-
-
-def _orphans(split: Path, fmt: str, report: Report) -> None:
-    """Label files without an image (YOLO labels/*.txt, VOC annotations/*.xml)."""
-    images = {p.stem for p in list_images(split / "images")}
-    label_dir, pattern = {"yolo": ("labels", "*.txt"), "voc": ("annotations", "*.xml")}.get(fmt, (None, None))
-    if label_dir is None:
-        return
-    orphans = [p for p in (split / label_dir).rglob(pattern) if p.stem not in images and p.name != "classes.txt"]
-    if orphans:
-        shown = ", ".join(p.name for p in orphans[:5])
-        report.warnings.append(f"{len(orphans)} label file(s) in {split / label_dir} have no image: {shown}")
-
-
-def _segmentation(cfg: Any, report: Report) -> None:
-    from cvsuite.data.common import seeded_split
-    from cvsuite.data.segmentation import Split, read_mask_raw, read_splits
-
-    train, val = read_splits(cfg.data)
-    if val is None:  # held out the way training will hold it out
-        report.warnings.append(f"no val split: {cfg.data.val_fraction:.0%} of train is held out (data.val_fraction)")
-        tr, va = seeded_split(len(train.samples), cfg.data.val_fraction, cfg.run.seed)
-        train, val = Split([train.samples[i] for i in tr]), Split([train.samples[i] for i in va])
-    n = cfg.data.num_classes or (len(cfg.data.class_names) if cfg.data.class_names else None)
-    report.unit = "pixels"
-    values: dict[str, Counter] = {}
-    for split, s in (("train", train), ("val", val)):
-        report.splits[split] = [Item(x.image, mask=x.mask) for x in s.samples]
-    if report.quick:  # the datamodule scans every mask itself when training starts
-        return
-    for split, s in (("train", train), ("val", val)):
-        c: Counter = Counter()
-        for x in s.samples:
-            if x.mask is None:
-                continue
-            v, k = np.unique(read_mask_raw(x.mask), return_counts=True)
-            c.update(dict(zip(v.tolist(), k.tolist())))
-        values[split] = c
-    seen = set().union(*values.values())
-    ignore = cfg.data.ignore_index
-    if seen and seen <= {0, 255} and 255 in seen and n in (None, 2):
-        report.warnings.append("masks hold only 0 and 255: read as binary (255 -> class 1)")
-        values = {s: Counter({0: c.get(0, 0), 1: c.get(255, 0)}) for s, c in values.items()}
-        seen, n = {0, 1}, 2
-    n = n or (max(v for v in seen if v != ignore) + 1 if seen - {ignore} else 0)
-    bad = sorted(v for v in seen if v >= n and v != ignore)
-    if bad and not cfg.data.value_map:
-        report.errors.append(
-            f"mask values {bad[:10]} are no class (num_classes {n}, ignore {ignore}); set data.value_map or "
-            "data.num_classes"
-        )
-    report.class_names = list(cfg.data.class_names or [str(i) for i in range(n)])
-    report.counts = {s: Counter({k: v for k, v in c.items() if k < n}) for s, c in values.items()}
-
-
-def _regression(cfg: Any, report: Report) -> None:
-    from cvsuite.data.regression import read_targets
-
-    root = _root(cfg)
-    train = read_targets(root / cfg.data.train_csv, cfg.data.targets)
-    report.splits["train"] = [Item(p) for p in train.paths]
-    if cfg.data.val_csv:
-        report.splits["val"] = [Item(p) for p in read_targets(root / cfg.data.val_csv, train.names).paths]
-    report.unit = ""
-
-
-def _generation(cfg: Any, report: Report) -> None:
-    root = _root(cfg)
-    report.splits["train"] = [Item(p) for p in list_images(root)]
-
-
-READERS = {
-    "classification": _classification,
-    "detection": _detection,
-    "segmentation": _segmentation,
-    "regression": _regression,
-    "generation": _generation,
-}
+def _every_image(cfg: Any, report: Report) -> None:
+    """A task without its own reader (generation): every image under data.root is one training split."""
+    report.splits["train"] = [Item(p) for p in list_images(data_root(cfg))]
 
 
 # ---- the checks ---------------------------------------------------------------------------------------------
@@ -223,7 +108,7 @@ def check_dataset(cfg: Any, quick: bool = False) -> Report:
     try:
         with warnings.catch_warnings(record=True) as caught:  # the readers warn about clipped / dropped boxes
             warnings.simplefilter("always", UserWarning)
-            READERS[cfg.task](cfg, report)
+            (get_spec(cfg.task).read_dataset or _every_image)(cfg, report)
     except DatasetError as err:
         report.errors.append(str(err))
         return report
@@ -286,8 +171,6 @@ def _check_balance(report: Report) -> None:
 
 
 def _check_boxes(report: Report) -> None:
-    if report.task != "detection":
-        return
     for split, items in report.splits.items():
         empty = [i.path.name for i in items if i.boxes is not None and len(i.boxes) == 0]
         if empty:
@@ -335,7 +218,7 @@ def write_ground_truth(
     from cvsuite.run import load_run
 
     module, cfg, spec, state = load_run(ckpt, config, overrides)
-    if cfg.task != "detection":
+    if not hasattr(module, "detector"):  # only detection has box truth to write
         return None
     dm = spec.build_datamodule(cfg, state)  # the stored validation files, as eval scores them
     dm.setup("validate")

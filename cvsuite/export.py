@@ -1,14 +1,20 @@
 """Export a trained checkpoint to ONNX (``DIR/model.onnx``) or TorchScript (``DIR/model.pt``) with a JSON sidecar
-(``DIR/model.json``: task, input size, mean/std, class names, outputs), then run the exported file and PyTorch on
-the same real images and compare.
+(``DIR/model.json``: task, the input contract, mean/std, class names, outputs), then run the exported file and
+PyTorch on the same real images and compare.
 
-What each exported model computes (input: float32 NCHW RGB, already normalised with the sidecar's mean/std):
+What each exported file computes is the task's own ``TaskSpec.export`` network (the forward eval and predict run,
+``model.tta`` included); the input is float32 NCHW RGB, preprocessed as the sidecar's ``preprocessing`` says
+(normalised with its mean/std):
     classification: ``scores`` (N, C), softmax (sigmoid when multi-label).
-    segmentation:   ``logits`` (N, C, H, W) at the input size (H, W multiples of 32); argmax gives the mask.
+    segmentation:   ``logits`` (N, C, H, W) at the input size, any H, W (padded inside to a multiple of 32 and
+                    cropped back); argmax gives the mask.
     regression:     ``values`` (N, T), one column per target.
-    detection:      batch of one image of the trained size -> ``boxes`` (K, 4) xyxy pixels of that input,
+    detection:      batch of one image, longest side image_size -> ``boxes`` (K, 4) xyxy pixels of that input,
                     ``scores`` (K,), ``labels`` (K,) 0..C-1: torchvision's post-processing (score threshold,
                     NMS, top-k) is inside the file. Scale boxes by original/input size per axis.
+
+The parity check runs the validation images and two odd-sized, non-square resizes of the first one (100x75 and
+361x479 pixels, w x h), so the file is checked on the shapes users feed it, not only on the validation set's.
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no ``onnxscript`` and exports
 torchvision's NMS, which the torch.export-based one cannot trace as data-dependent control flow.
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,46 +46,33 @@ class ExportResult:
     max_diff: float
     tolerance: float
     num_images: int
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of each checked image, before preprocessing
 
     def summary(self) -> str:
-        return f"max |difference| {self.max_diff:.2e} on {self.num_images} images, tolerance {self.tolerance:g}"
+        shapes = sorted({f"{w}x{h}" for h, w in self.sizes})
+        return (
+            f"max |difference| {self.max_diff:.2e} on {self.num_images} images ({', '.join(shapes)} pixels), "
+            f"tolerance {self.tolerance:g}"
+        )
 
 
-# ---- per-task adapters: a tensor-in / tensor-out network and what the sidecar says about it ---------------------
-class _Scores(nn.Module):
-    def __init__(self, module: nn.Module, multilabel: bool) -> None:
-        super().__init__()
-        self.net, self.multilabel = nn.Sequential(module.backbone, module.head), multilabel
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.net(images)
-        return logits.sigmoid() if self.multilabel else logits.softmax(-1)
+# Odd sizes (w x h) the parity check adds, resized from the first image: non-square, not multiples of 32.
+SYNTHETIC_SIZES = ((100, 75), (361, 479))
+# How every path reads an image file before the preprocessing (`cvsuite.data.common.image_to_rgb`).
+READING = "RGB uint8 as stored: 16-bit values / 257, grey repeated to RGB, alpha dropped, EXIF orientation not applied"
 
 
-class _Detect(nn.Module):
-    """One image, post-processing included: (1, 3, S, S) -> boxes, scores, labels."""
+def _network(module: Any, task: str, cfg: Any = None):
+    """The task's `cvsuite.tasks.Exported` (network, outputs, contract), or a ConfigError for a task without one."""
+    from cvsuite.tasks import get_spec
 
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.detector([images[0]])[0]
-        return out["boxes"], out["scores"], out["labels"]
-
-
-def _network(module: Any, task: str) -> tuple[nn.Module, list[str], bool]:
-    """(network, output names, whether the batch size may vary)."""
-    if task == "classification":
-        return _Scores(module, bool(module.hparams.get("multilabel"))), ["scores"], True
-    if task == "segmentation":
-        return module.net, ["logits"], True
-    if task == "regression":
-        return module.export_module(), ["values"], True
-    if task == "detection":
-        return _Detect(module.detector), ["boxes", "scores", "labels"], False
-    raise ConfigError(f"--format: {task} checkpoints cannot be exported (classification, segmentation, "
-                     "regression and detection can)")  # fmt: skip
+    spec = get_spec(task)
+    if spec.export is None:
+        raise ConfigError(
+            f"--format: {task} checkpoints cannot be exported (classification, segmentation, regression and "
+            "detection can)"
+        )
+    return spec.export(module, cfg)
 
 
 # ---- writing --------------------------------------------------------------------------------------------------
@@ -126,8 +119,13 @@ def _runner(path: Path, fmt: str):
 
 
 # ---- the parity check ---------------------------------------------------------------------------------------
-def _parity_inputs(module: Any, cfg: Any, images: str | Path | None, state: dict | None) -> list[torch.Tensor]:
-    """Preprocessed real images, (1, 3, H, W) each: `images` (a file or folder), else the validation split."""
+def _parity_inputs(
+    module: Any, cfg: Any, images: str | Path | None, state: dict | None
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """Preprocessed real images, (1, 3, H, W) each, and the (height, width) of the images they came from: `images`
+    (a file or folder), else the validation split, plus the `SYNTHETIC_SIZES` resizes of the first."""
+    import cv2
+
     from cvsuite.data.common import list_images, read_image
 
     if images:
@@ -135,25 +133,28 @@ def _parity_inputs(module: Any, cfg: Any, images: str | Path | None, state: dict
         if not root.exists():
             raise ConfigError(f"--images {root}: no such file or folder")
         paths = list_images(root)[:PARITY_IMAGES] if root.is_dir() else [root]
+        if not paths:
+            raise ConfigError(f"--images {root}: the folder holds no images")
     else:
         paths = _validation_images(cfg, state)
     if not paths:
         raise ConfigError("no images for the parity check: pass --images FILE_OR_FOLDER")
-    pipeline = module.eval_pipeline()
-    extra = {"bboxes": np.zeros((0, 4)), "labels": []} if cfg.task == "detection" else {}
-    return [pipeline(image=read_image(p), **extra)["image"][None] for p in paths]
+    originals = [read_image(p) for p in paths]
+    originals += [cv2.resize(originals[0], size, interpolation=cv2.INTER_AREA) for size in SYNTHETIC_SIZES]
+    return [module.preprocess(image)[None] for image in originals], [tuple(im.shape[:2]) for im in originals]
 
 
 def _validation_images(cfg: Any, state: dict | None) -> list[Path]:
-    """The checkpoint's stored validation files (its data contract) where they still exist, else images found
-    under data.root."""
+    """The checkpoint's stored validation files (its data contract), under the training root or under data.root
+    (a copied data set), where they exist; else images found under data.root."""
     from cvsuite.data.common import IMAGE_EXTENSIONS, list_images
 
-    stored_root = (state or {}).get("root")
-    stored = [Path(stored_root) / rel for rel, _ in (state or {}).get("val_files", [])] if stored_root else []
-    stored = [p for p in stored if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-    if stored:
-        return stored[:PARITY_IMAGES]
+    rels = [rel for rel, _ in (state or {}).get("val_files", [])]
+    for base in ((state or {}).get("root"), cfg.data.root):
+        stored = [Path(base).expanduser() / rel for rel in rels] if base else []
+        stored = [p for p in stored if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        if stored:
+            return stored[:PARITY_IMAGES]
     root = Path(cfg.data.root or ".")
     for folder in (root / "val", root / "valid", root / "validation", root):
         if folder.is_dir():
@@ -163,35 +164,35 @@ def _validation_images(cfg: Any, state: dict | None) -> list[Path]:
     return []
 
 
-def _difference(task: str, ours: list[np.ndarray], theirs: list[np.ndarray]) -> float:
-    if task == "detection":
-        # Same detections in the same order (both sort by score), else the export is wrong whatever the values.
-        if ours[0].shape != theirs[0].shape or not np.array_equal(ours[2], theirs[2]):
-            return float("inf")
-        if ours[0].size == 0:
-            return 0.0
-        return float(max(np.abs(ours[0] - theirs[0]).max() / 100, np.abs(ours[1] - theirs[1]).max()))
-    return float(max(np.abs(a - b).max() for a, b in zip(ours, theirs)))
+def _difference(ours: list[np.ndarray], theirs: list[np.ndarray]) -> float:
+    if any(a.shape != b.shape for a, b in zip(ours, theirs)):
+        return float("inf")
+    return float(max((np.abs(a - b).max() if a.size else 0.0) for a, b in zip(ours, theirs)))
 
 
 def check_parity(
-    net: nn.Module, path: Path, fmt: str, task: str, inputs: list[torch.Tensor], tolerance: float
+    net: nn.Module, path: Path, fmt: str, inputs: list[torch.Tensor], tolerance: float, compare=None
 ) -> float:
-    """Largest |exported - PyTorch| over `inputs`; raises ExportMismatch above `tolerance` (detection: boxes
-    count in hundredths of a pixel, so 0.1 px weighs like a score difference of 1e-3)."""
+    """Largest difference between the exported file and PyTorch over `inputs` (`compare`, default |a - b|;
+    detection: the same boxes one for one); raises ExportMismatch above `tolerance`."""
+    compare = compare or _difference
     run = _runner(path, fmt)
     worst = 0.0
     with torch.no_grad():
         for x in inputs:
             ref = net(x)
             ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
-            worst = max(worst, _difference(task, ref, run(x)))
+            worst = max(worst, compare(ref, run(x)))
     if not worst <= tolerance:
         raise ExportMismatch(
             f"{path}: the exported model differs from PyTorch by {worst:.3g} (tolerance {tolerance:g}) on "
-            f"{len(inputs)} images; the file is kept for inspection, do not deploy it"
+            f"{len(inputs)} images ({_sizes(inputs)}); the file is kept for inspection, do not deploy it"
         )
     return worst
+
+
+def _sizes(inputs: list[torch.Tensor]) -> str:
+    return ", ".join(f"{x.shape[-1]}x{x.shape[-2]}" for x in inputs)
 
 
 def export(
@@ -205,34 +206,33 @@ def export(
 ) -> ExportResult:
     """Write ``output/model.onnx`` (or ``model.pt``) and ``output/model.json``, then check them; see the module
     docstring for what the file computes."""
+    from cvsuite.checkpoint import resolve
     from cvsuite.run import load_run
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    from cvsuite.checkpoint import resolve
-
     ckpt = resolve(ckpt)
-    module, cfg, _, state = load_run(ckpt, config, overrides)  # detection: the eval thresholds applied
-    net, outputs, dynamic = _network(module.eval(), cfg.task)
-    net = net.eval()
-    inputs = _parity_inputs(module, cfg, images, state)
+    module, cfg, _, state = load_run(ckpt, config, overrides)  # eval settings (tta, thresholds) applied
+    exported = _network(module.eval(), cfg.task, cfg)
+    net = exported.network.eval()
+    inputs, originals = _parity_inputs(module, cfg, images, state)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ("model.onnx" if fmt == "onnx" else "model.pt")
     with torch.no_grad():
         try:
             if fmt == "onnx":
-                _write_onnx(net, inputs[0], path, outputs, dynamic)
+                _write_onnx(net, inputs[0], path, list(exported.outputs), exported.batch)
             else:
                 _write_torchscript(net, inputs[0], path)
         except ConfigError:
             raise
         except Exception as err:
             raise Failed(f"{cfg.task} checkpoint could not be exported to {fmt}: {err}") from err
-    sidecar = write_sidecar(module, cfg, ckpt, path, fmt, outputs, inputs[0].shape, dynamic)
+    sidecar = write_sidecar(module, cfg, ckpt, path, fmt, exported, inputs, originals)
     tol = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    diff = check_parity(net, path, fmt, cfg.task, inputs, tol)
-    return ExportResult(path, sidecar, diff, tol, len(inputs))
+    diff = check_parity(net, path, fmt, inputs, tol, exported.compare)
+    return ExportResult(path, sidecar, diff, tol, len(inputs), originals)
 
 
 def _normalisation(pipeline: Any) -> tuple[list[float] | None, list[float] | None]:
@@ -240,13 +240,16 @@ def _normalisation(pipeline: Any) -> tuple[list[float] | None, list[float] | Non
     return (list(map(float, norm.mean)), list(map(float, norm.std))) if norm is not None else (None, None)
 
 
-def write_sidecar(module, cfg, ckpt, path: Path, fmt: str, outputs, shape, dynamic: bool) -> Path:
-    """``model.json``: what a runtime needs besides the file."""
+def write_sidecar(
+    module, cfg, ckpt, path: Path, fmt: str, exported, inputs: list[torch.Tensor], originals: list[tuple[int, int]]
+) -> Path:
+    """``model.json``: what a runtime needs besides the file: the input contract (how to read and preprocess an
+    image, which sizes the file takes, what it pads), the outputs and the task's facts."""
     import albumentations as A
 
     pipeline = module.eval_pipeline()
     mean, std = _normalisation(pipeline)
-    hp = module.hparams
+    contract = dict(exported.contract)
     meta: dict[str, Any] = {
         "task": cfg.task,
         "format": fmt,
@@ -254,27 +257,24 @@ def write_sidecar(module, cfg, ckpt, path: Path, fmt: str, outputs, shape, dynam
         "checkpoint": str(ckpt),
         "input": {
             "name": "images",
-            "shape": ["N" if dynamic else 1, 3, "H", "W"],
-            "example_size": [int(shape[2]), int(shape[3])],
-            "layout": "NCHW float32 RGB: pixels / 255, minus mean, divided by std",
+            "shape": ["N" if exported.batch else 1, 3, "H", "W"],
+            "dtype": "float32",
+            "reading": READING,
+            "preprocessing": "the 'preprocessing' pipeline below (albumentations), i.e. resize as it says, then "
+            "pixels / 255, minus mean, divided by std, per RGB channel, as NCHW",
+            **contract.pop("input", {}),
+            # What the parity check ran: images of these (height, width), preprocessed to inputs of these.
+            "checked_images": [[int(h), int(w)] for h, w in originals],
+            "checked_sizes": [[int(x.shape[-2]), int(x.shape[-1])] for x in inputs],
         },
         "mean": mean,
         "std": std,
-        "outputs": outputs,
-        "class_names": list(hp.get("class_names") or []),
+        "outputs": list(exported.outputs),
+        "output": contract.pop("output", {}),
+        "class_names": list(module.hparams.get("class_names") or []),
         "preprocessing": A.to_dict(pipeline),
+        **contract,
     }
-    if cfg.task == "classification":
-        meta["multilabel"] = bool(hp.get("multilabel", False))
-    if cfg.task == "regression":
-        meta["target_names"] = list(hp.target_names)
-    if cfg.task == "detection":
-        meta["postprocess"] = {
-            "score_thresh": cfg.model.score_thresh,
-            "nms_iou": cfg.model.nms_iou,
-            "max_detections": cfg.model.max_detections,
-            "boxes": "xyxy pixels of the model input; multiply x by original_width / input_width, y likewise",
-        }
     sidecar = path.with_suffix(".json")
     sidecar.write_text(json.dumps(meta, indent=2))
     return sidecar

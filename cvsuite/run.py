@@ -193,7 +193,9 @@ def data_state(stored: dict[str, Any], module=None) -> dict[str, Any] | None:
     stored, the data facts its hparams carried (no validation file list: the split is derived again)."""
     for value in stored.values():
         if isinstance(value, dict) and "val_files" in value and "version" in value:
-            return value
+            # The epoch a resumed run starts with (Lightning's own count), for the training sampler's order.
+            progress = stored.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+            return {**value, "resume_epoch": int(progress.get("processed", stored.get("epoch", -1) + 1))}
     hp = module.hparams if module is not None else stored.get("hyper_parameters", {})
     legacy = {k: hp[k] for k in LEGACY_DATA_FACTS if k in hp and hp[k] is not None}
     if legacy:

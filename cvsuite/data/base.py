@@ -8,8 +8,10 @@ A datamodule's ``state_dict()`` (Lightning saves it into every checkpoint under 
 
 Evaluating, predicting or resuming from a checkpoint builds the datamodule with that state (``stored=``): the
 validation split is the stored list, not a fresh seeded split of whatever the folder holds now, so another seed or
-images added later cannot change what is scored. A stored file that is gone or changed is a `DatasetError` naming
-it (``data.rederive_split: true`` re-derives the split instead). A different ``data.root``, ``split="test"`` or
+images added later cannot change what is scored. The files are found by their path relative to ``data.root``, so a
+copied or moved data set (``--data.root COPY``) scores the same files, checked by fingerprint. A stored file that is
+gone or changed is a `DatasetError` naming it (``data.rederive_split: true`` re-derives the split instead); a
+``data.root`` holding none of them is other data, scored on its own split with a warning. ``split="test"`` or
 ``data.val_root`` evaluate new data deliberately, and `describe()` says which was scored.
 """
 
@@ -161,18 +163,10 @@ class ContractDataModule(L.LightningDataModule):
         return str(path)
 
     def uses_stored_split(self) -> bool:
-        """True when the stored validation files are what gets scored."""
+        """True when the stored validation files are looked for (under data.root, wherever it now is)."""
         if not self.stored or not self.stored.get("val_files") or self.eval_folder_requested():
             return False
-        if getattr(self.cfg, "rederive_split", False):
-            return False
-        stored_root = self.stored.get("root")
-        if stored_root and self.root is not None and Path(stored_root) != self.root:
-            log.warning(
-                "data.root %s is not the training root %s: evaluating its own validation split", self.root, stored_root
-            )
-            return False
-        return True
+        return not getattr(self.cfg, "rederive_split", False)
 
     def eval_folder_requested(self) -> bool:
         return bool(getattr(self.cfg, "val_root", None)) or self.split == "test"
@@ -187,9 +181,11 @@ class ContractDataModule(L.LightningDataModule):
         """(train, val) indices into `pool` (all samples read from the data): the stored validation files when
         the checkpoint has them, else `derived_val` (a val/ folder or the seeded split). Records the choice, so
         the checkpoint stores exactly the files validated."""
+        val = list(derived_val)
         if self.uses_stored_split():
+            # By path relative to data.root: a copied or moved data set finds the same files (fingerprints tell).
             index = {self._relative(key(item)): i for i, item in enumerate(pool)}
-            missing, changed, val = [], [], []
+            missing, changed, found = [], [], []
             for rel, fp in self.stored["val_files"]:
                 i = index.get(rel)
                 if i is None:
@@ -197,12 +193,22 @@ class ContractDataModule(L.LightningDataModule):
                 elif fingerprint(pool[i]) != fp:
                     changed.append(rel)
                 else:
-                    val.append(i)
-            if missing or changed:
-                raise DatasetError(_stale_message(self.stored.get("root"), missing, changed))
-            self.split_source = "stored"
-        else:
-            val = list(derived_val)
+                    found.append(i)
+            stored_root = self.stored.get("root")
+            moved = bool(stored_root) and self.root is not None and Path(stored_root) != self.root
+            if moved and not found and not changed:
+                # Another data set altogether (none of the stored files is here): its own split, deliberately.
+                log.warning(
+                    "data.root %s holds none of the checkpoint's validation files (trained on %s): evaluating its "
+                    "own validation split",
+                    self.root,
+                    stored_root,
+                )
+            elif missing or changed:
+                raise DatasetError(_stale_message(str(self.root if moved else stored_root), missing, changed))
+            else:
+                val = found
+                self.split_source = "stored"
         subset_size(len(val), getattr(self.cfg, "val_subset", None))  # a bad data.val_subset fails at setup
         chosen = set(val)
         train = [i for i in range(len(pool)) if i not in chosen]
@@ -228,7 +234,18 @@ class ContractDataModule(L.LightningDataModule):
     collate_fn: Callable | None = None
 
     def loader(self, dataset: Dataset, train: bool, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
-        return make_loader(dataset, self.cfg.batch_size, train, self.cfg.num_workers, self.collate_fn, sampler=sampler)
+        loader = make_loader(
+            dataset, self.cfg.batch_size, train, self.cfg.num_workers, self.collate_fn, sampler=sampler, seed=self.seed
+        )
+        return self.at_epoch(loader) if train else loader
+
+    def at_epoch(self, loader: DataLoader) -> DataLoader:
+        """The training sampler set to the trainer's epoch as the loader is made: a resumed run iterates (and DataLoader
+        workers prefetch) its first epoch before Lightning calls ``set_epoch``."""
+        if self.trainer is not None and hasattr(loader.sampler, "set_epoch"):
+            # Lightning may make the loader before it restores the loops (to count steps): the stored epoch then.
+            loader.sampler.set_epoch(max(self.trainer.current_epoch, int(self.fact("resume_epoch", 0))))
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.train_set, train=True)

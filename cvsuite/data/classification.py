@@ -24,6 +24,7 @@ from cvsuite.data.common import (
     list_images,
     make_loader,
     read_image,
+    seeded_index,
     seeded_split,
 )
 from cvsuite.models.backbone import data_config
@@ -137,6 +138,8 @@ class ImageClassificationDataset(Dataset):
     """Dict samples: ``image`` (3, H, W) float tensor, ``label`` int (or (C,) multi-hot float), ``path`` str,
     ``index`` int (position in this dataset, so metrics can drop duplicates)."""
 
+    seeded_by_sample = True  # takes (index, seed) keys from the training sampler (`cvsuite.data.common.SampleSeeds`)
+
     def __init__(self, samples: Samples, transform: A.Compose, multilabel: bool) -> None:
         self.samples = samples
         self.transform = transform
@@ -146,7 +149,8 @@ class ImageClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples.paths)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i = seeded_index(self, key)
         path = self.samples.paths[i]
         image = self.transform(image=read_image(path))["image"]
         return {"image": image, "label": self.target(i), "path": str(path), "index": i}
@@ -209,6 +213,10 @@ class ClassificationDataModule(ContractDataModule):
         return {**super().contract(), "multilabel": bool(self.multilabel)}
 
     def preset_train(self) -> A.Compose:
+        if self.cfg.augment == "none":
+            # No random transform: exactly what validation and predict see (resize + centre crop), which is also
+            # what finetune.cache_features computes its features on.
+            return self.preset_eval()
         return augment.classification_train(self.cfg.augment, self.cfg.image_size, self.norm.mean, self.norm.std)
 
     def preset_eval(self) -> A.Compose:
@@ -295,11 +303,11 @@ class ClassificationDataModule(ContractDataModule):
         if module is None or not module.finetune_cfg.get("cache_features"):
             return super().train_dataloader()
         if module.uses_cached_features():
-            # Un-augmented: the training size and normalisation without random transforms (data.augment none).
-            resize = augment.classification_train("none", self.cfg.image_size, self.norm.mean, self.norm.std)
-            plain = ImageClassificationDataset(self.train_set.samples, resize, self.multilabel)
+            # Un-augmented, and preprocessed exactly as validation and predict see images (resize + centre crop),
+            # so the head learns on the features it is later scored and used on.
+            plain = ImageClassificationDataset(self.train_set.samples, self.eval_pipeline(), self.multilabel)
             features = CachedFeatures(module.train_features(plain, self.cfg.batch_size), self.train_set)
-            return make_loader(features, self.cfg.batch_size, train=True, num_workers=0)
+            return self.at_epoch(make_loader(features, self.cfg.batch_size, train=True, num_workers=0, seed=self.seed))
         if self._image_loader is None:
             self._image_loader = super().train_dataloader()
         return self._image_loader

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cvsuite.distributed import global_rank
 from cvsuite.errors import DatasetError, UserError  # noqa: F401  (DatasetError importable from here too)
@@ -35,19 +36,59 @@ HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     """HWC uint8 array; raises DatasetError naming the file when it cannot be decoded.
 
-    16-bit images are scaled from their full range (0-65535 -> 0-255), not clipped (which would make them
-    white); floating-point images have no agreed range and are refused with a DatasetError. Masks are not read
-    here (`cvsuite.data.segmentation.read_mask_raw` keeps their raw values).
+    The pixels as stored (`image_to_rgb`): 16-bit images scaled from their full range (value / 257), alpha dropped,
+    grey repeated; an EXIF orientation tag is not applied, as annotation files count pixels as stored. Masks are not
+    read here (`cvsuite.data.segmentation.read_mask_raw` keeps their raw values).
     """
     try:
         with Image.open(path) as img:
-            if img.mode in HIGH_BIT_MODES or img.mode == "F":
-                img = _to_8bit(img, path)
-            return np.asarray(img.convert(mode))
+            return image_to_rgb(img, path, mode)
     except DatasetError:
         raise
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DatasetError(f"{path}: cannot read image ({err}). Replace or delete the file.") from err
+
+
+def image_to_rgb(img: Image.Image, name: str | Path = "image", mode: str = "RGB") -> np.ndarray:
+    """A PIL image as HWC uint8 RGB: the one conversion training, eval, predict and the Python API share.
+
+    High-bit modes go through `_to_8bit` (value / 257, whatever the image's own maximum); floating-point files
+    (mode F) have no agreed range and are refused."""
+    if img.mode in HIGH_BIT_MODES or img.mode == "F":
+        img = _to_8bit(img, name)
+    return np.asarray(img.convert(mode))
+
+
+def array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """An array as HWC uint8 RGB, by the rules `read_image` applies to files: HW or HWC with 1, 3 or 4 channels;
+    uint8 as is; other integers (16-bit data) value / 257 like a 16-bit file; floats must lie in [0, 1] (x 255);
+    grey repeated, alpha dropped."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be HW or HWC with 1, 3 or 4 channels, got shape {arr.shape}")
+    arr = arr[:, :, :3] if arr.shape[2] == 4 else np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        return np.ascontiguousarray(arr.astype(np.uint8) * 255)
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
+            raise ValueError("a float image array must hold values in [0, 1]")
+        return np.ascontiguousarray((arr.astype(np.float64) * 255).round().astype(np.uint8))
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.ascontiguousarray(_scale_16bit(arr, "image array"))
+    raise ValueError(f"unsupported image dtype {arr.dtype}")
+
+
+def _scale_16bit(values: np.ndarray, name: str | Path) -> np.ndarray:
+    """0..65535 -> 0..255 (value / 257, rounded): a dim 16-bit image stays dim, as it is on disk."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DatasetError(
+            f"{name}: values {values.min()}..{values.max()}, outside 16 bits; convert it to an 8- or 16-bit image "
+            "with the scaling you intend."
+        )
+    return np.round(values.astype(np.float32) / 257.0).astype(np.uint8)
 
 
 def _to_8bit(img: Image.Image, path: str | Path) -> Image.Image:
@@ -56,13 +97,7 @@ def _to_8bit(img: Image.Image, path: str | Path) -> Image.Image:
             f"{path}: floating-point image (mode F); its value range is not defined, so it cannot be scaled to 8 "
             "bits without guessing. Convert it to an 8- or 16-bit PNG/TIFF with the scaling you intend."
         )
-    values = np.asarray(img)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        raise DatasetError(
-            f"{path}: {img.mode} image with values {values.min()}..{values.max()}, outside 16 bits; convert it to an "
-            "8- or 16-bit image with the scaling you intend."
-        )
-    return Image.fromarray(np.round(values.astype(np.float32) / 257.0).astype(np.uint8), "L")
+    return Image.fromarray(_scale_16bit(np.asarray(img), f"{path} ({img.mode} image)"), "L")
 
 
 def max_image_pixels() -> int:
@@ -184,7 +219,8 @@ def seeded_split(n: int, val_fraction: float, seed: int, groups: Sequence[int] |
 
 
 def default_workers(requested: int | None) -> int:
-    """-1/None = as many as there are cores to spare (at most 8); the model should never wait on data."""
+    """-1/None = as many as there are cores to spare (at most 8); the model should never wait on data. Results do
+    not depend on it: augmentation draws come from (seed, epoch, sample), not from a worker's stream."""
     if requested is not None and requested >= 0:
         return requested
     return max(0, min(8, (os.cpu_count() or 1) - 1)) or 0
@@ -193,7 +229,8 @@ def default_workers(requested: int | None) -> int:
 class SeedWorker:
     """``worker_init_fn``: each DataLoader worker reseeds the dataset's pipelines from its torch seed (run seed +
     worker id, drawn per epoch) plus the rank, so workers and DDP ranks augment differently from each other and a
-    seeded run augments the same way twice. Picklable for spawned workers."""
+    seeded run augments the same way twice. Datasets seeded per sample (`SampleSeeds`) reseed at every sample
+    anyway. Picklable for spawned workers."""
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
@@ -208,6 +245,68 @@ class SeedWorker:
 RANK_STRIDE = 1_000_003  # ranks' seeds far apart, so rank r's worker w never meets rank r+1's
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample `index` in `epoch` of a run seeded `seed` (32 bits)."""
+    return int(np.random.SeedSequence([seed % 2**63, epoch, index]).generate_state(1)[0])
+
+
+def seeded_index(dataset: Dataset, key: int | tuple[int, int]) -> int:
+    """A dataset's ``__getitem__`` key -> the sample index; a ``(index, seed)`` key from `SampleSeeds` first seeds
+    the dataset's pipelines with that seed, so the sample's augmentation is the same in any worker, process or
+    resumed run."""
+    if isinstance(key, tuple):
+        from cvsuite.augment import seed_pipelines
+
+        index, seed = key
+        seed_pipelines(dataset, seed)
+        return int(index)
+    return int(key)
+
+
+class SampleSeeds(DistributedSampler):
+    """The training sampler: order and augmentation draws derived from (run seed, epoch, sample index) alone.
+
+    The order is `DistributedSampler`'s (a permutation seeded by seed + epoch, rank r taking every W-th entry);
+    each index comes with its `sample_seed` as ``(index, seed)``, which the dataset applies before transforming
+    (`seeded_index`). So a run is the same with 0 or N DataLoader workers, on any machine, and a resumed run draws
+    what the uninterrupted one drew; Lightning calls ``set_epoch`` every epoch and, as it is a DistributedSampler
+    already, leaves it in place under DDP. Datasets that do not take seeds (``seeded_by_sample`` unset) get plain
+    indices."""
+
+    def __init__(self, dataset: Dataset, seed: int, shuffle: bool = True) -> None:
+        dist = torch.distributed
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.seeded = bool(getattr(dataset, "seeded_by_sample", False))
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield (index, sample_seed(self.seed, self.epoch, index)) if self.seeded else index
+
+
+class EvalSampler(UnrepeatedDistributedSampler):
+    """Validation under DDP: rank r scores samples r, r + W, ... (none twice, none padded). A rank left without
+    any (a split smaller than the number of processes) scores sample 0 as a flagged copy (``copies``), so every
+    rank runs the validation hooks and joins the metric gathers; the tasks leave copies out of their sums
+    (`cvsuite.tasks.base.TaskModule.padded_samples`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        # DistributedSampler's own setup (world, rank): UnrepeatedDistributedSampler's asserts a rank has samples
+        DistributedSampler.__init__(self, dataset, shuffle=False)
+        self.indices = list(range(self.rank, len(dataset), self.num_replicas))
+        self.copies = not self.indices and len(dataset) > 0
+        if self.copies:
+            self.indices = [0]
+        self.num_samples = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -215,28 +314,35 @@ def make_loader(
     num_workers: int | None,
     collate_fn: Callable | None = None,
     sampler: Sampler | None = None,
+    seed: int | None = None,
 ) -> DataLoader:
     """The DataLoader of every task: default workers, persistent between epochs, pinned memory on GPUs, the last
-    incomplete batch dropped when training (BatchNorm dislikes a batch of one), pipelines seeded per worker and
-    rank. Validation under DDP gets a sampler that does not pad, so no image is scored twice (Lightning leaves a
-    loader alone when its sampler is already a DistributedSampler)."""
+    incomplete batch dropped when training (BatchNorm dislikes a batch of one). Training: `SampleSeeds` (order and
+    augmentation from seed, epoch and sample index; `seed` default: the run's, from seed_everything) with its own
+    generator, so the worker count changes no random stream. Validation under DDP: `EvalSampler`, so no image is
+    scored twice and every rank has work."""
     from cvsuite.augment import seed_pipelines
 
     workers = default_workers(num_workers)
     rank = global_rank()
+    seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) if seed is None else seed
     if workers == 0:
-        # No worker processes: seed the pipelines here, from the run's seed (set by seed_everything) and the rank.
-        seed_pipelines(dataset, torch.initial_seed() + RANK_STRIDE * rank)
+        # No worker processes: seed the pipelines here, from the run's seed and the rank (datasets seeded per sample
+        # reseed at every sample).
+        seed_pipelines(dataset, seed + RANK_STRIDE * rank)
     dist = torch.distributed
+    if sampler is None and train:
+        sampler = SampleSeeds(dataset, seed)
     if sampler is None and not train and dist.is_available() and dist.is_initialized():
-        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        sampler = EvalSampler(dataset)
     size = len(sampler) if sampler is not None else len(dataset)
+    # The loader draws its workers' base seed every epoch (or once, with persistent workers) from this generator,
+    # not from torch's global one, which dropout and mixup share.
+    generator = torch.Generator().manual_seed(seed % 2**63 + RANK_STRIDE * rank)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
+        shuffle=False,
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
@@ -244,4 +350,5 @@ def make_loader(
         drop_last=train and size > batch_size,
         collate_fn=collate_fn,
         worker_init_fn=SeedWorker(rank),
+        generator=generator,
     )

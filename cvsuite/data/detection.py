@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from cvsuite import augment
 from cvsuite.config import ConfigError
 from cvsuite.data.base import ContractDataModule, content_hash, file_fingerprint
-from cvsuite.data.common import DatasetError, drop_unreadable, read_image, seeded_split
+from cvsuite.data.common import DatasetError, drop_unreadable, read_image, seeded_index, seeded_split
 from cvsuite.data.formats import ImageRecord, Split, read_split
 from cvsuite.models.backbone import data_config
 
@@ -68,6 +68,8 @@ class DetectionDataset(Dataset):
       (position in this dataset).
     """
 
+    seeded_by_sample = True  # takes (index, seed) keys from the training sampler (`cvsuite.data.common.SampleSeeds`)
+
     def __init__(self, records: list[ImageRecord], transform: A.Compose) -> None:
         self.records = records
         self.transform = transform
@@ -75,7 +77,8 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i = seeded_index(self, key)
         r = self.records[i]
         image = read_image(r.path)
         if image.shape[:2] != (r.height, r.width):

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from cvsuite import augment
 from cvsuite.data.base import ContractDataModule, content_hash, file_fingerprint
-from cvsuite.data.common import DatasetError, drop_unreadable, read_image, seeded_split
+from cvsuite.data.common import DatasetError, drop_unreadable, read_image, seeded_index, seeded_split
 from cvsuite.models.backbone import data_config
 
 
@@ -92,6 +92,8 @@ class RegressionDataset(Dataset):
     """Dict samples: ``image`` (3, H, W) float tensor, ``target`` (T,) float tensor, ``path`` str, ``index`` int
     (position in this dataset, so metrics can drop a distributed sampler's duplicates)."""
 
+    seeded_by_sample = True  # takes (index, seed) keys from the training sampler (`cvsuite.data.common.SampleSeeds`)
+
     def __init__(self, targets: Targets, transform: A.Compose) -> None:
         self.targets = targets
         self.transform = transform
@@ -99,7 +101,8 @@ class RegressionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets.paths)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i = seeded_index(self, key)
         path = self.targets.paths[i]
         image = self.transform(image=read_image(path))["image"]
         return {"image": image, "target": torch.from_numpy(self.targets.values[i]), "path": str(path), "index": i}

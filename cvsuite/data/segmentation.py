@@ -39,6 +39,7 @@ from cvsuite.data.common import (
     default_workers,
     list_images,
     read_image,
+    seeded_index,
     seeded_split,
 )
 from cvsuite.models.backbone import data_config
@@ -423,6 +424,8 @@ class SegmentationDataset(Dataset):
     resized to it before scoring.
     """
 
+    seeded_by_sample = True  # takes (index, seed) keys from the training sampler (`cvsuite.data.common.SampleSeeds`)
+
     def __init__(
         self, samples: list[Sample], decoder: MaskDecoder, transform: A.Compose, train: bool, repeats: int = 1
     ) -> None:
@@ -437,7 +440,8 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i = seeded_index(self, key)
         sample = self.samples[i % len(self.samples)]
         image = read_image(sample.image)
         mask = self.decoder(sample, image.shape[:2])
@@ -506,6 +510,7 @@ class SegmentationDataModule(ContractDataModule):
         self.class_names = list(self.fact("class_names") or []) or None
         self.ignore_index = self.fact("ignore_index", cfg.ignore_index)
         self.value_map = cfg.value_map if cfg.value_map is not None else self.fact("value_map")
+        self.category_ids: dict[int, int] = {int(k): int(v) for k, v in self.fact("category_ids") or []}
         self.decoder: MaskDecoder | None = None
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
@@ -516,8 +521,14 @@ class SegmentationDataModule(ContractDataModule):
         return len(self.class_names or [])
 
     def contract(self) -> dict[str, Any]:
-        # value_map as given (YAML may give int keys; the checkpoint stores them as they are).
-        return {**super().contract(), "ignore_index": self.ignore_index, "value_map": self.value_map}
+        # value_map as given (YAML may give int keys; the checkpoint stores them as they are). COCO category id ->
+        # class id as [id, class] pairs, so evaluating other COCO files maps categories as training did.
+        return {
+            **super().contract(),
+            "ignore_index": self.ignore_index,
+            "value_map": self.value_map,
+            "category_ids": [[int(k), int(v)] for k, v in sorted(self.category_ids.items())],
+        }
 
     def preset_train(self) -> A.Compose:
         cfg = self.cfg
@@ -610,7 +621,9 @@ class SegmentationDataModule(ContractDataModule):
             return
         train, val = self._split()
         workers = default_workers(self.cfg.num_workers) or 1
-        category_ids = train.category_ids or val.category_ids
+        # COCO: the checkpoint's category -> class mapping wins over the files' (class order is the model's).
+        category_ids = self.category_ids or train.category_ids or val.category_ids
+        self.category_ids = dict(category_ids)
         probe = MaskDecoder(1, self.ignore_index, self.value_map, category_ids)
         if not self.fixed:
             stats = scan(train.samples + val.samples, probe, workers)

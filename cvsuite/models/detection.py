@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -78,10 +79,10 @@ class FixedCanvasTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform, padding every image to the same image_size x image_size canvas.
 
     torchvision pads to the batch's largest image, so the same photo gets a different padded size (and so different
-    features, anchors and scores) next to a portrait than alone. The eval pipeline already fits the longest side to
-    image_size, and torchvision's resize with min_size = max_size = image_size leaves such images as they are;
-    padding to one canvas then makes each image's result independent of its batch. Larger images (none from our
-    pipelines) pad to the batch's largest size as before.
+    features, anchors and scores) next to a portrait than alone. torchvision's resize with min_size = max_size =
+    image_size brings the longest side of any image to image_size (the eval pipeline's output is left as it is);
+    padding to one canvas then makes each image's result independent of its batch. An exported graph (traced) pads
+    to the same canvas, so ONNX/TorchScript compute what eager mode does for every aspect ratio.
     """
 
     def __init__(self, image_size: int) -> None:
@@ -90,13 +91,13 @@ class FixedCanvasTransform(GeneralizedRCNNTransform):
         self.canvas = image_size
 
     def batch_images(self, images: list[Tensor], size_divisible: int = 32) -> Tensor:
+        side = int(math.ceil(self.canvas / size_divisible) * size_divisible)
         if torchvision._is_tracing():
-            return super().batch_images(images, size_divisible)
-
-        def padded(sizes: list[int]) -> int:
-            return int(math.ceil(max([self.canvas, *sizes]) / size_divisible) * size_divisible)
-
-        height, width = padded([im.shape[-2] for im in images]), padded([im.shape[-1] for im in images])
+            # While tracing, sizes are tensors: F.pad records each image's own (dynamic) size, padded to the constant
+            # canvas. Images were resized to fit it just before, as in eager mode.
+            return torch.stack([F.pad(im, (0, side - im.shape[-1], 0, side - im.shape[-2])) for im in images])
+        height = max([side, *(int(math.ceil(im.shape[-2] / size_divisible) * size_divisible) for im in images)])
+        width = max([side, *(int(math.ceil(im.shape[-1] / size_divisible) * size_divisible) for im in images)])
         batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
         for canvas, image in zip(batch, images):
             canvas[:, : image.shape[-2], : image.shape[-1]].copy_(image)

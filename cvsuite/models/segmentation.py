@@ -61,6 +61,10 @@ def _build_decoder(name: str, channels: list[int], width: int | None) -> tuple[n
 class SegmentationNet(nn.Module):
     """backbone -> decoder -> head: (N, 3, H, W) normalised images -> (N, num_classes, H, W) logits, any H, W.
 
+    Each image is zero-padded at the bottom/right to the next multiple of 32 and the logits cropped back, so an
+    image's logits depend only on its own size: batch images of one size together (`SegmentationTask.logits`),
+    never an image padded to a larger batch mate.
+
     Args:
         num_classes: classes including background.
         backbone: timm name, resolved by `cvsuite.models.backbone.create_backbone`.
@@ -118,8 +122,12 @@ class SegmentationNet(nn.Module):
                 "model.decoder deeplabv3plus needs data.batch_size >= 2 to train; raise it or use unet/fpn"
             )
         h, w = images.shape[-2:]
-        pad_h, pad_w = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
-        x = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+        # Always padded (by zero rows where none are needed), so a traced/exported graph holds the padding for every
+        # size rather than the branch its example image took. Zero is the mean colour after normalisation.
+        x = F.pad(
+            images,
+            (0, (PAD_MULTIPLE - w % PAD_MULTIPLE) % PAD_MULTIPLE, 0, (PAD_MULTIPLE - h % PAD_MULTIPLE) % PAD_MULTIPLE),
+        )
         features = self.backbone(x)
         if self.missing_stride2:
             n, _, hp, wp = x.shape

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,13 @@ class TaskSpec:
             (`cvsuite.run.EVAL_KEYS`): they change what is reported, not the trained model.
         apply_eval_settings: ``(module, cfg) -> None`` applies those settings to a loaded module.
         callbacks: ``(run_dir) -> list[Callback]``: the task's own training callbacks (the GAN's sample grid).
+        predictor: ``(module, images, batch_size, **options) -> list[result]``: the Python API's typed results for
+            HWC uint8 RGB arrays (`cvsuite.api`), through the module's own inference methods (those predict and
+            eval use). None: the checkpoint takes no images (the GAN: ``generate``).
+        export: ``(module, cfg) -> Exported``: the network an ONNX/TorchScript file holds and the input contract
+            its ``model.json`` states. None: not exportable.
+        read_dataset: ``(cfg, report) -> None`` fills a `cvsuite.doctor.Report` with the splits as training will
+            read them (items, class names, warnings). None: every image under ``data.root``, one split.
     """
 
     data_config: type
@@ -43,6 +50,30 @@ class TaskSpec:
     eval_keys: tuple[str, ...] = ()
     apply_eval_settings: Callable[..., None] | None = None
     callbacks: Callable[..., list[Any]] | None = None
+    predictor: Callable[..., list[Any]] | None = None
+    export: Callable[..., Exported] | None = None
+    read_dataset: Callable[..., None] | None = None
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `cvsuite.export` writes for a task.
+
+    Attributes:
+        network: an ``nn.Module`` from normalised float32 NCHW images (the checkpoint's preprocessing applied) to
+            the outputs; in eval mode, the same computation eval/predict/the API run.
+        outputs: output names, in the order the network returns them.
+        batch: whether the batch axis may vary (detection: one image per call).
+        contract: what ``model.json`` says beyond the common keys: ``input`` (``sizes`` accepted, ``padding``),
+            ``output`` (how to read each output), and task facts (multilabel, target names, post-processing).
+        compare: ``(pytorch outputs, exported outputs) -> difference`` as numpy lists; None = largest |a - b|.
+    """
+
+    network: Any
+    outputs: tuple[str, ...]
+    batch: bool = True
+    contract: dict[str, Any] = field(default_factory=dict)
+    compare: Callable[[list[Any], list[Any]], float] | None = None
 
 
 # The recipe's ``task:`` value -> module under cvsuite/tasks holding its SPEC. Imported on use, so a user of one

@@ -13,9 +13,13 @@ everything else is new.
 from __future__ import annotations
 
 import math
+import os
+import random
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -56,11 +60,20 @@ class TaskModule(L.LightningModule):
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         """The forward of validation, eval and predict: with ``model.tta``, the mean of the outputs for the images
         and for their horizontal mirrors (dense outputs mirrored back first); training never uses it."""
-        out = self(images)
         if not self.tta or self.training:
-            return out
-        mirrored = self(images.flip(-1))
-        return (out + (mirrored.flip(-1) if mirrored.ndim == 4 else mirrored)) / 2
+            return self(images)
+        return mirror_mean(self, images)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """HWC uint8 RGB -> (3, h, w) normalised float: the checkpoint's eval preprocessing, the one every path
+        (validation, eval, predict, the API, the export check) applies."""
+        key = id(getattr(self, "data_contract", None))  # rebuilt when load_run attaches the checkpoint's contract
+        if getattr(self, "_preprocess", (None, None))[0] != key:
+            self._preprocess = (key, self.eval_pipeline())
+        return self._call_pipeline(self._preprocess[1], image)
+
+    def _call_pipeline(self, pipeline: Any, image: np.ndarray) -> torch.Tensor:
+        return pipeline(image=image)["image"]
 
     def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -108,30 +121,69 @@ class TaskModule(L.LightningModule):
 
     def padded_samples(self, batch: dict[str, Any], batch_idx: int, n: int) -> torch.Tensor:
         """(n,) bool: the samples of a validation batch that are a distributed sampler's padded copies (metrics
-        that sum, like a confusion matrix, skip them)."""
+        that sum, like a confusion matrix, skip them; so does the validation loss)."""
+        sampler = self._val_sampler()
+        if getattr(sampler, "copies", False):  # `EvalSampler`: a rank left without samples scores a copy
+            return torch.ones(n, dtype=torch.bool)
         if "index" in batch:
             return torch.zeros(n, dtype=torch.bool)
         positions, size = self._positions(batch_idx, n)
         return positions >= size if size is not None else torch.zeros(n, dtype=torch.bool)
 
-    def _positions(self, batch_idx: int, n: int) -> tuple[torch.Tensor, int | None]:
+    def _val_loader(self):
         loaders = self.trainer.val_dataloaders if self._trainer is not None else None
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+
+    def _val_sampler(self):
+        return getattr(self._val_loader(), "sampler", None)
+
+    def _positions(self, batch_idx: int, n: int) -> tuple[torch.Tensor, int | None]:
+        loader = self._val_loader()
         size = getattr(loader, "batch_size", None)
         if loader is None or size is None:
             return torch.full((n,), -1, dtype=torch.long), None
         world, rank = self.trainer.world_size, self.trainer.global_rank
         return (batch_idx * size + torch.arange(n)) * world + rank, len(loader.dataset)
 
-    def seed_per_rank(self) -> None:
-        if self.trainer.world_size > 1:
-            # Each process its own random stream (dropout, mixup, GAN noise, DiffAugment), as timm's train script
-            # seeds seed + rank; the weights stay identical (DDP broadcasts rank 0's).
-            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+    def seed_per_rank(self, epoch: int) -> None:
+        """Under DDP, each process its own random stream (dropout, mixup, GAN noise, DiffAugment), as timm's train
+        script seeds seed + rank; the weights stay identical (DDP broadcasts rank 0's). Derived from (run seed,
+        rank, epoch) at every epoch start, so a resumed run continues every rank's stream as the uninterrupted run
+        did (a checkpoint holds rank 0's generators only)."""
+        if self.trainer.world_size <= 1:
+            return
+        run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+        seed = (run_seed * 1_000_003 + self.trainer.global_rank * 7_919 + epoch) % 2**32
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
 
     def on_fit_start(self) -> None:
-        self.seed_per_rank()
         self._sync_ddp()
+
+    def on_train_epoch_start(self) -> None:
+        self.seed_per_rank(self.current_epoch)
+
+
+def mirror_mean(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the mean of `forward` on the images and on their horizontal mirrors (dense
+    (N, C, H, W) outputs mirrored back first). Eval, predict, the API and exported files all use this."""
+    out = forward(images)
+    mirrored = forward(images.flip(-1))
+    return (out + (mirrored.flip(-1) if mirrored.ndim == 4 else mirrored)) / 2
+
+
+class Inference(nn.Module):
+    """What an exported file computes: `net` on normalised images, mirrored-mean with ``tta`` (`mirror_mean`, as
+    `TaskModule.infer`), then `post` (softmax, sigmoid, target units...)."""
+
+    def __init__(self, net: nn.Module, tta: bool = False, post: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__()
+        self.net, self.tta, self.post = net, bool(tta), post
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = mirror_mean(self.net, images) if self.tta else self.net(images)
+        return self.post(out) if self.post is not None else out
 
 
 class BaseTask(TaskModule):
@@ -189,10 +241,10 @@ class BaseTask(TaskModule):
         return bool(params) and not any(p.requires_grad for p in params)
 
     def on_fit_start(self) -> None:
-        self.seed_per_rank()
         self.apply_freeze()
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         self.apply_freeze()
 
     def head_parameters(self) -> list[nn.Parameter]:

@@ -19,8 +19,8 @@ from cvsuite.losses import build_loss
 from cvsuite.metrics.classification import ClassificationMetrics
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
 from cvsuite.models.heads import ClassifierHead
-from cvsuite.tasks import TaskSpec
-from cvsuite.tasks.base import BaseTask
+from cvsuite.tasks import Exported, TaskSpec
+from cvsuite.tasks.base import BaseTask, Inference
 
 
 @dataclass
@@ -94,8 +94,8 @@ class ClassificationTask(BaseTask):
         return self.head(self.backbone(self.to_memory_format(images)))
 
     def export_module(self) -> torch.nn.Module:
-        """The network without the Lightning wrapper: normalised images -> logits (for TorchScript)."""
-        return torch.nn.Sequential(self.backbone, self.head)
+        """Normalised images -> scores, with ``model.tta``: what eval and predict compute (for ONNX/TorchScript)."""
+        return Inference(torch.nn.Sequential(self.backbone, self.head), self.tta, self.scores)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid() if self.hparams.multilabel else logits.softmax(-1)
@@ -139,7 +139,9 @@ class ClassificationTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.infer(batch["image"])
         loss = self.criterion(logits, batch["label"])
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=logits.shape[0], sync_dist=True)
+        # weight 0 for a distributed sampler's copies, which still log: the epoch-end reduction is a collective
+        real = len(logits) - int(self.padded_samples(batch, batch_idx, len(logits)).sum())
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=real, sync_dist=True)
         self.metrics.update(self.scores(logits), batch["label"], self.sample_indices(batch, batch_idx, len(logits)))
 
     def on_validation_epoch_end(self) -> None:
@@ -153,13 +155,12 @@ class ClassificationTask(BaseTask):
     @torch.no_grad()
     def predict_images(self, images: list[np.ndarray], batch_size: int = 32) -> torch.Tensor:
         """HWC uint8 RGB arrays -> (N, C) scores, with the preprocessing saved in the checkpoint."""
-        pipeline = self.eval_pipeline()
         self.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            batch = torch.stack([pipeline(image=im)["image"] for im in images[i : i + batch_size]])
-            out.append(self.scores(self.infer(batch.to(self.device))).cpu())
-        return torch.cat(out)
+            batch = torch.stack([self.preprocess(im) for im in images[i : i + batch_size]])
+            out.append(self.scores(self.infer(batch.to(self.device))).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.hparams.class_names))
 
     def eval_pipeline(self):
         """The checkpoint's preprocessing (its data contract); the backbone's default for a fresh module."""
@@ -231,6 +232,61 @@ def predict(module: ClassificationTask, paths: list[Path], output: Path, cfg=Non
     return output / "predictions.csv"
 
 
+def api_predict(module: ClassificationTask, images: list[np.ndarray], batch_size: int = 16, topk: int = 5) -> list:
+    """`cvsuite.load(...)(images)`: a `cvsuite.api.Classification` per image, from `predict_images`."""
+    from cvsuite.api import Classification
+
+    names = list(module.hparams.class_names)
+    k = min(topk, len(names))
+    out = []
+    for s in module.predict_images(images, batch_size=batch_size):
+        values, idx = s.topk(k)
+        out.append(
+            Classification([names[i] for i in idx.tolist()], values.tolist(), s.numpy().astype(np.float32), names)
+        )
+    return out
+
+
+def export(module: ClassificationTask, cfg) -> Exported:
+    size = int(module.hparams.image_size)
+    multilabel = bool(module.hparams.multilabel)
+    return Exported(
+        module.export_module(),
+        ("scores",),
+        contract={
+            "multilabel": multilabel,
+            "tta": bool(module.tta),
+            "input": {
+                "sizes": f"the preprocessing's output ({size}x{size} from an image of any size); the network pools "
+                "globally, so other sizes run but were not trained on",
+                "padding": "none",
+            },
+            "output": {"scores": f"(N, C) {'sigmoid' if multilabel else 'softmax'} scores in class_names order"},
+        },
+    )
+
+
+def read_dataset(cfg, report) -> None:
+    """`cvsuite check`: class folders or CSVs, as `ClassificationDataModule` reads them."""
+    from cvsuite.data.classification import read_csv, read_folders
+    from cvsuite.doctor import Item, data_root
+
+    root = data_root(cfg)
+    d = cfg.data
+    if d.train_csv:
+        train = read_csv(root / d.train_csv, d.class_names)
+        val = read_csv(root / d.val_csv, train.class_names) if d.val_csv else None
+    else:
+        train = read_folders(root / "train", d.class_names)
+        val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
+    report.class_names = train.class_names
+    report.splits["train"] = [Item(p, list(lab)) for p, lab in zip(train.paths, train.labels)]
+    if val is not None:
+        report.splits["val"] = [Item(p, list(lab)) for p, lab in zip(val.paths, val.labels)]
+    else:
+        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
+
+
 def save_plots(module: ClassificationTask, run_dir: Path) -> list[Path]:
     from cvsuite.plots import confusion_matrix_plot, pr_curve_plot
 
@@ -256,4 +312,7 @@ SPEC = TaskSpec(
     mode="max",
     eval_keys=("model.tta",),
     apply_eval_settings=apply_eval_settings,
+    predictor=api_predict,
+    export=export,
+    read_dataset=read_dataset,
 )

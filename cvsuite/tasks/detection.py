@@ -19,7 +19,7 @@ from cvsuite.data.detection import DetectionDataConfig, DetectionDataModule
 from cvsuite.metrics.detection import STAT_KEYS, DetectionEvaluator
 from cvsuite.models.backbone import DEFAULT_BACKBONE, data_config
 from cvsuite.models.detection import Detector
-from cvsuite.tasks import TaskSpec
+from cvsuite.tasks import Exported, TaskSpec
 from cvsuite.tasks.base import BaseTask
 
 MOSAIC_IMAGES = 8
@@ -126,8 +126,9 @@ class DetectionTask(BaseTask):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
         preds = self.detector(images)
-        loss = self._log_losses("val", self.detector.losses(images, batch["target"]), len(images))
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
+        real = len(images) - int(self.padded_samples(batch, batch_idx, len(images)).sum())  # copies weigh 0
+        loss = self._log_losses("val", self.detector.losses(images, batch["target"]), real)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=real, sync_dist=True)
         self.evaluator.update(
             to_original(preds, images, batch["orig_size"]),
             batch["gt"],
@@ -162,6 +163,10 @@ class DetectionTask(BaseTask):
         norm = data_config(self.hparams.backbone)
         return inference_pipeline(self, lambda: augment.detection_eval(self.hparams.image_size, norm.mean, norm.std))
 
+    def _call_pipeline(self, pipeline, image: np.ndarray) -> torch.Tensor:
+        # the eval pipeline is box-aware: no boxes at inference (longest side image_size, boxes mapped back by scale)
+        return pipeline(image=image, bboxes=np.zeros((0, 4)), labels=[])["image"]
+
     def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
         """A normalised (3, H, W) tensor back to HWC uint8, with the backbone's mean/std."""
         if self._norm is None:
@@ -174,15 +179,47 @@ class DetectionTask(BaseTask):
     @torch.no_grad()
     def predict_images(self, images: list[np.ndarray], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
         """HWC uint8 RGB arrays -> per image boxes (N, 4) xyxy pixels of that image, scores, labels (0..K-1)."""
-        pipeline = self.eval_pipeline()
         self.eval()
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
-            tensors = [pipeline(image=im, bboxes=np.zeros((0, 4)), labels=[])["image"].to(self.device) for im in chunk]
+            tensors = [self.preprocess(im).to(self.device) for im in chunk]
             preds = self.detector(tensors)
             out += [_cpu(p) for p in to_original(preds, tensors, [im.shape[:2] for im in chunk])]
         return out
+
+
+class _Detect(torch.nn.Module):
+    """One image, post-processing included: (1, 3, h, w) -> boxes (K, 4) xyxy pixels of the input, scores, labels."""
+
+    def __init__(self, detector: torch.nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.detector([images[0]])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def compare_detections(ours: list[np.ndarray], theirs: list[np.ndarray]) -> float:
+    """Largest difference between two sets of detections, matched one for one: the same number of boxes, each
+    exported box paired with the PyTorch box of its label nearest to it (so equal scores listed in another order
+    still match). Box coordinates count in hundredths of a pixel (0.1 px weighs like a score difference of 1e-3);
+    a different number of boxes or a label without its partner is ``inf``."""
+    boxes_a, scores_a, labels_a = ours
+    boxes_b, scores_b, labels_b = theirs
+    if boxes_a.shape != boxes_b.shape or sorted(labels_a.tolist()) != sorted(labels_b.tolist()):
+        return float("inf")
+    worst, taken = 0.0, np.zeros(len(boxes_b), bool)
+    for box, score, label in zip(boxes_a, scores_a, labels_a):
+        cost = np.abs(boxes_b - box).max(1) / 100 + np.abs(scores_b - score)
+        cost[(labels_b != label) | taken] = np.inf
+        j = int(cost.argmin())
+        if not np.isfinite(cost[j]):
+            return float("inf")
+        taken[j] = True
+        worst = max(worst, float(cost[j]))
+    return worst
 
 
 def to_original(
@@ -277,6 +314,97 @@ def predict(module: DetectionTask, paths: list[Path], output: Path, cfg=None) ->
     return write_json(output / "detections.json", rows, one_per_line=True)
 
 
+def api_predict(module: DetectionTask, images: list[np.ndarray], batch_size: int = 16) -> list:
+    """`cvsuite.load(...)(images)`: a `cvsuite.api.Detections` per image (best score first), from `predict_images`."""
+    from cvsuite.api import Detections
+
+    names = list(module.hparams.class_names)
+    out = []
+    for pred in module.predict_images(images, batch_size=batch_size):
+        order = pred["scores"].argsort(descending=True, stable=True)
+        ids = pred["labels"][order].numpy().astype(np.int64)
+        out.append(
+            Detections(
+                pred["boxes"][order].numpy().astype(np.float32),
+                pred["scores"][order].numpy().astype(np.float32),
+                ids,
+                [names[i] for i in ids.tolist()],
+                names,
+            )
+        )
+    return out
+
+
+def export(module: DetectionTask, cfg) -> Exported:
+    size = int(module.hparams.image_size)
+    return Exported(
+        _Detect(module.detector),
+        ("boxes", "scores", "labels"),
+        batch=False,
+        contract={
+            "input": {
+                "sizes": f"one image (batch of 1), the preprocessing's output: longest side {size}, any aspect "
+                "ratio; the file resizes any other size so its longest side is that (as PyTorch does)",
+                "padding": f"inside the file: bottom/right zeros to a {size}x{size} canvas (a multiple of 32), so a "
+                "result does not depend on the other images of a batch",
+            },
+            "output": {
+                "boxes": "(K, 4) xyxy pixels of the input; multiply x by original_width / input_width, y likewise",
+                "scores": "(K,) best first",
+                "labels": "(K,) class ids 0..C-1 into class_names",
+            },
+            "postprocess": {
+                "score_thresh": cfg.model.score_thresh,
+                "nms_iou": cfg.model.nms_iou,
+                "max_detections": cfg.model.max_detections,
+                "boxes": "xyxy pixels of the model input; multiply x by original_width / input_width, y likewise",
+            },
+        },
+        compare=compare_detections,
+    )
+
+
+def read_dataset(cfg, report) -> None:
+    """`cvsuite check`: each split in its format (COCO, VOC, YOLO), as `DetectionDataModule` reads it, plus label
+    files without an image."""
+    from cvsuite.data.formats import read_split
+    from cvsuite.doctor import Item, data_root
+
+    root = data_root(cfg)
+    d = cfg.data
+    kw = {"fmt": d.format, "min_size": d.min_box_size, "use_difficult": d.use_difficult, "root": root}
+    kw["names_file"] = d.names_file
+    folders = {"train": root / "train", "val": root / "val"} if (root / "train").is_dir() else {"train": root}
+    names = None
+    for split, folder in folders.items():
+        if not folder.is_dir():
+            continue
+        s = read_split(folder, class_names=names, **kw)
+        names = names or s.class_names
+        report.splits[split] = [Item(r.path, r.labels.tolist(), r.boxes) for r in s.records]
+        for path, why in s.skipped:
+            report.warnings.append(f"{path}: {why}")
+        _orphans(folder, s.format, report)
+    if "val" not in report.splits:
+        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
+    report.class_names = names or []
+    report.unit = "objects"
+
+
+def _orphans(split: Path, fmt: str, report) -> None:
+    """Label files without an image (YOLO labels/*.txt, VOC annotations/*.xml)."""
+    from cvsuite.data.common import list_images
+
+    images = {p.stem for p in list_images(split / "images")}
+    label_dir, pattern = {"yolo": ("labels", "*.txt"), "voc": ("annotations", "*.xml")}.get(fmt, (None, None))
+    if label_dir is None:
+        return
+    orphans = [p for p in (split / label_dir).rglob(pattern) if p.stem not in images and p.name != "classes.txt"]
+    if orphans:
+        shown = ", ".join(p.name for p in orphans[:5])
+        report.warnings.append(f"{len(orphans)} label file(s) in {split / label_dir} have no image: {shown}")
+
+
 def save_plots(module: DetectionTask, run_dir: Path) -> list[Path]:
     """PR curve per class (IoU 0.5), mAP per epoch (from metrics.csv), and validation images: ground truth
     next to predictions."""
@@ -325,4 +453,7 @@ SPEC = TaskSpec(
         "model.eval_backend",
     ),
     apply_eval_settings=apply_eval_settings,
+    predictor=api_predict,
+    export=export,
+    read_dataset=read_dataset,
 )

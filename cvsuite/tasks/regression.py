@@ -23,7 +23,7 @@ from cvsuite.data.regression import RegressionDataConfig, RegressionDataModule
 from cvsuite.metrics.regression import RegressionMetrics, regression_metrics
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
 from cvsuite.models.heads import ClassifierHead
-from cvsuite.tasks import TaskSpec
+from cvsuite.tasks import Exported, TaskSpec
 from cvsuite.tasks.base import BaseTask
 
 
@@ -112,9 +112,10 @@ class RegressionTask(BaseTask):
         self.metrics.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        pred = self(batch["image"])
+        pred = self.infer(batch["image"])
         n = pred.shape[0]
-        self.log("val_loss", self.criterion(pred, batch["target"]), on_epoch=True, prog_bar=True, batch_size=n,
+        real = n - int(self.padded_samples(batch, batch_idx, n).sum())  # a distributed sampler's copies weigh 0
+        self.log("val_loss", self.criterion(pred, batch["target"]), on_epoch=True, prog_bar=True, batch_size=real,
                  sync_dist=True)  # fmt: skip
         self.metrics.update(
             self.to_units(pred).float(), batch["target"].float(), self.sample_indices(batch, batch_idx, n)
@@ -134,13 +135,12 @@ class RegressionTask(BaseTask):
     @torch.no_grad()
     def predict_images(self, images: list[np.ndarray], batch_size: int = 32) -> torch.Tensor:
         """HWC uint8 RGB arrays -> (N, T) values in target units, with the checkpoint's preprocessing."""
-        pipeline = self.eval_pipeline()
         self.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            batch = torch.stack([pipeline(image=im)["image"] for im in images[i : i + batch_size]])
-            out.append(self.to_units(self(batch.to(self.device))).float().cpu())
-        return torch.cat(out)
+            batch = torch.stack([self.preprocess(im) for im in images[i : i + batch_size]])
+            out.append(self.to_units(self.infer(batch.to(self.device))).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.hparams.target_names))
 
     def eval_pipeline(self):
         """The checkpoint's preprocessing (its data contract); the backbone's default for a fresh module."""
@@ -183,6 +183,43 @@ def predict(module: RegressionTask, paths: list[Path], output: Path, cfg=None) -
     return write_csv(output / "predictions.csv", ["path", *names], rows())
 
 
+def api_predict(module: RegressionTask, images: list[np.ndarray], batch_size: int = 16) -> list:
+    """`cvsuite.load(...)(images)`: a `cvsuite.api.Regression` per image, from `predict_images`."""
+    from cvsuite.api import Regression
+
+    names = list(module.hparams.target_names)
+    return [Regression(dict(zip(names, v.tolist())), v.numpy()) for v in module.predict_images(images, batch_size)]
+
+
+def export(module: RegressionTask, cfg) -> Exported:
+    size = int(module.hparams.image_size)
+    return Exported(
+        module.export_module(),
+        ("values",),
+        contract={
+            "target_names": list(module.hparams.target_names),
+            "input": {
+                "sizes": f"the preprocessing's output ({size}x{size} from an image of any size)",
+                "padding": "none",
+            },
+            "output": {"values": "(N, T) predictions in target units, one column per target_names entry"},
+        },
+    )
+
+
+def read_dataset(cfg, report) -> None:
+    """`cvsuite check`: the CSVs, as `RegressionDataModule` reads them."""
+    from cvsuite.data.regression import read_targets
+    from cvsuite.doctor import Item, data_root
+
+    root = data_root(cfg)
+    train = read_targets(root / cfg.data.train_csv, cfg.data.targets)
+    report.splits["train"] = [Item(p) for p in train.paths]
+    if cfg.data.val_csv:
+        report.splits["val"] = [Item(p) for p in read_targets(root / cfg.data.val_csv, train.names).paths]
+    report.unit = ""
+
+
 def scatter_plot(pred: np.ndarray, true: np.ndarray, names: list[str], out: Path) -> Path:
     """Predicted vs true per target, with the y = x line and the target's MAE and R² in the title."""
     from cvsuite.plots import plt
@@ -220,4 +257,7 @@ SPEC = TaskSpec(
     save_plots=save_plots,
     monitor="val_mae",
     mode="min",
+    predictor=api_predict,
+    export=export,
+    read_dataset=read_dataset,
 )

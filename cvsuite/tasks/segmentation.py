@@ -20,9 +20,9 @@ from cvsuite.data.common import read_image
 from cvsuite.data.segmentation import SegmentationDataConfig, SegmentationDataModule
 from cvsuite.metrics.segmentation import SegmentationMetrics
 from cvsuite.models.backbone import DEFAULT_BACKBONE, data_config
-from cvsuite.models.segmentation import SegmentationLoss, SegmentationNet
-from cvsuite.tasks import TaskSpec
-from cvsuite.tasks.base import BaseTask
+from cvsuite.models.segmentation import PAD_MULTIPLE, SegmentationLoss, SegmentationNet
+from cvsuite.tasks import Exported, TaskSpec
+from cvsuite.tasks.base import BaseTask, Inference
 
 NUM_EXAMPLES = 6  # validation images kept for the image / truth / prediction mosaic
 EXAMPLE_SIDE = 256  # their longer side in the mosaic, pixels
@@ -102,26 +102,30 @@ class SegmentationTask(BaseTask):
         self.examples = []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self.infer(batch["image"])
+        # Each image cropped back to its own size and run with images of that size only: its logits do not
+        # depend on the padding of its batch mates (so on the batch size or the number of processes).
+        sizes = batch["image_sizes"].tolist()
+        all_logits = self.logits([image[:, :h, :w] for image, (h, w) in zip(batch["image"], sizes)])
         losses = []
         # A distributed sampler's padded copies would be summed into the confusion matrix twice: skip them.
-        padded = self.padded_samples(batch, batch_idx, len(logits)).tolist()
-        for i, (image_size, mask_size) in enumerate(zip(batch["image_sizes"].tolist(), batch["mask_sizes"].tolist())):
+        padded = self.padded_samples(batch, batch_idx, len(sizes)).tolist()
+        for i, (pred_logits, mask_size) in enumerate(zip(all_logits, batch["mask_sizes"].tolist())):
+            # Score at the mask's own resolution (the image may have been resized).
+            pred_logits = pred_logits[None]
+            if list(pred_logits.shape[-2:]) != mask_size:
+                pred_logits = F.interpolate(pred_logits.float(), size=mask_size, mode="bilinear", align_corners=False)
             if padded[i]:
                 continue
-            # Crop the padding off, then score at the mask's own resolution (the image may have been resized).
-            pred_logits = logits[i : i + 1, :, : image_size[0], : image_size[1]]
-            if image_size != mask_size:
-                pred_logits = F.interpolate(pred_logits.float(), size=mask_size, mode="bilinear", align_corners=False)
             target = batch["mask"][i : i + 1, : mask_size[0], : mask_size[1]]
             losses.append(self.criterion(pred_logits, target))
             pred = pred_logits.argmax(1)
             self.metrics.update(pred, target)
             if len(self.examples) < NUM_EXAMPLES:
                 self.examples.append((batch["path"][i], _small(target[0]), _small(pred[0])))
-        if losses:
-            loss = torch.stack(losses).mean()
-            self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(losses), sync_dist=True)
+        # Logged on every process (a rank whose samples are all copies with weight 0): the epoch-end reduction is a
+        # collective every rank must join.
+        loss = torch.stack(losses).mean() if losses else all_logits[0].float().sum() * 0
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(losses), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self.last_metrics = self.metrics.compute()
@@ -134,15 +138,41 @@ class SegmentationTask(BaseTask):
         norm = data_config(self.hparams.backbone)
         return inference_pipeline(self, lambda: augment.segmentation_eval(None, norm.mean, norm.std))
 
+    def logits(self, images: list[torch.Tensor], batch_size: int | None = None) -> list[torch.Tensor]:
+        """(C, h, w) logits of each preprocessed (3, h, w) image: the one forward of validation, eval, predict and
+        the API. Images of one size run together (`batch_size` at most; None = all of them); the network pads each
+        only to its own multiple of 32, so an image's logits never depend on its batch mates."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape[-2:]), []).append(i)
+        for idx in by_size.values():
+            step = batch_size or len(idx)
+            for start in range(0, len(idx), step):
+                chunk = idx[start : start + step]
+                batch = torch.stack([images[i] for i in chunk]).to(self.device)
+                for i, lg in zip(chunk, self.infer(batch)):
+                    out[i] = lg
+        return out
+
     @torch.no_grad()
+    def predict_images(self, images: list[np.ndarray], batch_size: int = 8) -> list[torch.Tensor]:
+        """HWC uint8 RGB arrays -> (C, H, W) float32 logits at each image's own size (bilinear from the model's
+        input size when the preprocessing resized it), with the checkpoint's preprocessing."""
+        self.eval()
+        out = []
+        for start in range(0, len(images), 64):  # preprocessed 64 at a time: large images add up
+            chunk = images[start : start + 64]
+            for image, lg in zip(chunk, self.logits([self.preprocess(im) for im in chunk], batch_size)):
+                lg = lg[None].float()
+                if lg.shape[-2:] != image.shape[:2]:
+                    lg = F.interpolate(lg, size=image.shape[:2], mode="bilinear", align_corners=False)
+                out.append(lg[0].cpu())
+        return out
+
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """HWC uint8 RGB -> (H, W) class ids at the image's own size, with the checkpoint's preprocessing."""
-        self.eval()
-        x = self.eval_pipeline()(image=image)["image"].unsqueeze(0).to(self.device)
-        logits = self.infer(x)
-        if logits.shape[-2:] != image.shape[:2]:
-            logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
-        return logits.argmax(1)[0].cpu().numpy()
+        return self.predict_images([image])[0].argmax(0).numpy()
 
 
 def _small(mask: torch.Tensor) -> np.ndarray:
@@ -213,6 +243,86 @@ def predict(module: SegmentationTask, paths: list[Path], output: Path, cfg=None,
     return output / "predictions.csv"
 
 
+def api_predict(module: SegmentationTask, images: list[np.ndarray], batch_size: int = 16, probs: bool = False) -> list:
+    """`cvsuite.load(...)(images)`: a `cvsuite.api.Segmentation` per image, from `predict_images`."""
+    from cvsuite.api import Segmentation
+
+    names = list(module.hparams.class_names)
+    out = []
+    step = max(batch_size, 16)  # full-size logits are C floats per pixel: turned into masks a chunk at a time
+    for start in range(0, len(images), step):
+        for lg in module.predict_images(images[start : start + step], batch_size):
+            p = lg.softmax(0).numpy().astype(np.float32) if probs else None
+            out.append(Segmentation(lg.argmax(0).numpy().astype(np.int64), names, p))
+    return out
+
+
+def export(module: SegmentationTask, cfg) -> Exported:
+    steps = [t for t in module.eval_pipeline().transforms if type(t).__name__ not in ("Normalize", "ToTensorV2")]
+    resized = ", ".join(type(t).__name__ for t in steps) or "no resize"
+    return Exported(
+        Inference(module.net, module.tta),
+        ("logits",),
+        contract={
+            "tta": bool(module.tta),
+            "input": {
+                "sizes": f"any H, W (N images of one size); the preprocessing ({resized}) gives the sizes trained on",
+                "padding": f"inside the file: each image zero-padded at the bottom/right to the next multiple of "
+                f"{PAD_MULTIPLE} and the logits cropped back; batch images of one size only, never pad them yourself",
+            },
+            "output": {
+                "logits": "(N, C, H, W) at the input size; resize them (bilinear) to the original image, then argmax "
+                "over C gives the class ids"
+            },
+        },
+    )
+
+
+def read_dataset(cfg, report) -> None:
+    """`cvsuite check`: images and masks (pixels per class), as `SegmentationDataModule` reads them."""
+    from collections import Counter
+
+    from cvsuite.data.common import seeded_split
+    from cvsuite.data.segmentation import Split, read_mask_raw, read_splits
+    from cvsuite.doctor import Item
+
+    train, val = read_splits(cfg.data)
+    if val is None:  # held out the way training will hold it out
+        report.warnings.append(f"no val split: {cfg.data.val_fraction:.0%} of train is held out (data.val_fraction)")
+        tr, va = seeded_split(len(train.samples), cfg.data.val_fraction, cfg.run.seed)
+        train, val = Split([train.samples[i] for i in tr]), Split([train.samples[i] for i in va])
+    n = cfg.data.num_classes or (len(cfg.data.class_names) if cfg.data.class_names else None)
+    report.unit = "pixels"
+    values: dict[str, Counter] = {}
+    for split, s in (("train", train), ("val", val)):
+        report.splits[split] = [Item(x.image, mask=x.mask) for x in s.samples]
+    if report.quick:  # the datamodule scans every mask itself when training starts
+        return
+    for split, s in (("train", train), ("val", val)):
+        c: Counter = Counter()
+        for x in s.samples:
+            if x.mask is None:
+                continue
+            v, k = np.unique(read_mask_raw(x.mask), return_counts=True)
+            c.update(dict(zip(v.tolist(), k.tolist())))
+        values[split] = c
+    seen = set().union(*values.values())
+    ignore = cfg.data.ignore_index
+    if seen and seen <= {0, 255} and 255 in seen and n in (None, 2):
+        report.warnings.append("masks hold only 0 and 255: read as binary (255 -> class 1)")
+        values = {s: Counter({0: c.get(0, 0), 1: c.get(255, 0)}) for s, c in values.items()}
+        seen, n = {0, 1}, 2
+    n = n or (max(v for v in seen if v != ignore) + 1 if seen - {ignore} else 0)
+    bad = sorted(v for v in seen if v >= n and v != ignore)
+    if bad and not cfg.data.value_map:
+        report.errors.append(
+            f"mask values {bad[:10]} are no class (num_classes {n}, ignore {ignore}); set data.value_map or "
+            "data.num_classes"
+        )
+    report.class_names = list(cfg.data.class_names or [str(i) for i in range(n)])
+    report.counts = {s: Counter({k: v for k, v in c.items() if k < n}) for s, c in values.items()}
+
+
 # ---- figures ------------------------------------------------------------------------------------------------------
 def save_plots(module: SegmentationTask, run_dir: Path) -> list[Path]:
     """per_class_iou.png, confusion_matrix.png (percent of each true class's pixels) and examples.png."""
@@ -245,4 +355,7 @@ SPEC = TaskSpec(
     mode="max",
     eval_keys=("model.tta",),
     apply_eval_settings=apply_eval_settings,
+    predictor=api_predict,
+    export=export,
+    read_dataset=read_dataset,
 )
