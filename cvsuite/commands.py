@@ -115,12 +115,11 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
 
     console.setup(verbose=False)
     metrics = evaluate(args.ckpt, args.config, overrides, args.output, args.predictions, args.split)
-    if args.predictions:
-        from cvsuite.doctor import write_ground_truth
+    if args.predictions:  # the task wrote the truth of the scored split beside its predictions
+        from cvsuite.doctor import ground_truth_path
 
-        gt = write_ground_truth(args.ckpt, args.config, overrides, args.predictions)
-        if gt is not None:
-            metrics["ground_truth"] = str(gt)
+        if ground_truth_path(args.predictions).is_file():
+            metrics["ground_truth"] = str(ground_truth_path(args.predictions))
     print(console.metrics_table(metrics), file=sys.stderr)
     written = [str(eval_output(args.ckpt, args.output))] + [
         str(metrics[k]) for k in ("predictions", "ground_truth") if k in metrics

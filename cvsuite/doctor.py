@@ -10,7 +10,6 @@ data's own format, so outside COCO tools can map the results' ``image_id`` back 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import warnings
 from collections import Counter
@@ -210,25 +209,24 @@ def _digest(path: Path) -> str:
 
 
 # ---- detection ground truth as COCO JSON --------------------------------------------------------------------
-def write_ground_truth(
-    ckpt: str | Path, config: str | None, overrides: list[str] | None, predictions: str
-) -> Path | None:
-    """Detection: the validation split's truth as COCO JSON next to `predictions` (``<stem>_gt.json``), with the
-    image ids and category ids the predictions file uses and each image's file name. None for other tasks."""
-    from cvsuite.run import load_run
+def ground_truth_path(predictions: str | Path) -> Path:
+    """Where the truth of a predictions file goes: ``<stem>_gt.json`` beside it."""
+    return Path(predictions).with_name(Path(predictions).stem + "_gt.json")
 
-    module, cfg, spec, state = load_run(ckpt, config, overrides)
-    if not hasattr(module, "detector"):  # only detection has box truth to write
-        return None
-    dm = spec.build_datamodule(cfg, state)  # the stored validation files, as eval scores them
-    dm.setup("validate")
+
+def write_ground_truth(dm: Any, class_names: list[str], predictions: str | Path) -> Path:
+    """Detection: the scored split's truth (``dm.val_set``, the datamodule eval built and scored) as COCO JSON at
+    `ground_truth_path` (written atomically), with the image ids and category ids the predictions file uses and
+    each image's file name relative to data.root."""
+    from cvsuite.outputs import write_json
+
     root = dm.root or Path(".").resolve()
-    names = list(module.hparams.class_names)
+    names = list(class_names)
     cat_ids = list(getattr(dm, "category_ids", None) or range(1, len(names) + 1))
     images, annotations = [], []
     for r in dm.val_set.records:
         try:
-            file_name = str(r.path.relative_to(root))
+            file_name = r.path.resolve().relative_to(root).as_posix()
         except ValueError:
             file_name = str(r.path)
         images.append({"id": int(r.image_id), "file_name": file_name, "width": r.width, "height": r.height})
@@ -246,9 +244,7 @@ def write_ground_truth(
             )
     gt = {"images": images, "annotations": annotations,
           "categories": [{"id": int(c), "name": n} for c, n in zip(cat_ids, names)]}  # fmt: skip
-    out = Path(predictions).with_name(Path(predictions).stem + "_gt.json")
-    out.write_text(json.dumps(gt))
-    return out
+    return write_json(ground_truth_path(predictions), gt, indent=None)
 
 
 def summarise_counts(report: Report) -> dict[str, dict[str, int]]:

@@ -22,7 +22,6 @@ torchvision's NMS, which the torch.export-based one cannot trace as data-depende
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from cvsuite.errors import ConfigError, ExportMismatch, Failed
+from cvsuite.outputs import atomic_path, write_json
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_TOLERANCE = 1e-3
@@ -221,10 +221,11 @@ def export(
     path = out_dir / ("model.onnx" if fmt == "onnx" else "model.pt")
     with torch.no_grad():
         try:
-            if fmt == "onnx":
-                _write_onnx(net, inputs[0], path, list(exported.outputs), exported.batch)
-            else:
-                _write_torchscript(net, inputs[0], path)
+            with atomic_path(path) as tmp:  # a failed export leaves the previous file (or none), never half of one
+                if fmt == "onnx":
+                    _write_onnx(net, inputs[0], tmp, list(exported.outputs), exported.batch)
+                else:
+                    _write_torchscript(net, inputs[0], tmp)
         except ConfigError:
             raise
         except Exception as err:
@@ -275,9 +276,7 @@ def write_sidecar(
         "preprocessing": A.to_dict(pipeline),
         **contract,
     }
-    sidecar = path.with_suffix(".json")
-    sidecar.write_text(json.dumps(meta, indent=2))
-    return sidecar
+    return write_json(path.with_suffix(".json"), meta)  # atomic: never a half-written model.json
 
 
 def export_torchscript(

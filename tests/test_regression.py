@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,19 @@ def test_metrics_match_hand_computed_values():
     assert m["mae"] == pytest.approx((0.5 + 0 + 1 + 0) / 4)
     assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 1) / 4))
     assert m["r2"] == pytest.approx(1 - 1.25 / 5.0)  # ss_tot = 2.25 + .25 + .25 + 2.25
+
+
+def test_r2_of_a_constant_target_is_undefined_without_a_warning():
+    true = np.array([[3.0, 1.0], [3.0, 2.0], [3.0, 4.0]])
+    pred = np.array([[2.0, 1.0], [3.0, 2.0], [4.0, 3.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" RuntimeWarning would raise here
+        one = regression_metrics(pred[:, :1], true[:, :1], ["flat"])
+        both = regression_metrics(pred, true, ["flat", "y"])
+    assert np.isnan(one["r2"]) and one["per_target"]["flat"]["r2"] is None
+    # the mean over targets leaves out the undefined one: R² of y = 1 - 1 / (sum of (y - 7/3)^2 = 14/3)
+    assert both["r2"] == pytest.approx(1 - 1 / (14 / 3))
+    assert both["per_target"]["flat"]["r2"] is None
 
 
 def test_csv_errors_name_the_line(tmp_path):

@@ -21,7 +21,11 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray, names: list[str]) -> 
     rmse = np.sqrt((err**2).mean(0))
     ss_tot = ((true - true.mean(0)) ** 2).sum(0)
     r2 = np.where(ss_tot > 0, 1 - (err**2).sum(0) / np.maximum(ss_tot, 1e-12), np.nan)
-    out: dict[str, Any] = {"mae": float(mae.mean()), "rmse": float(rmse.mean()), "r2": float(np.nanmean(r2))}
+    # R² is undefined for a constant target: NaN here (null in metrics.json), averaged over the targets that have
+    # one, without numpy's "Mean of empty slice" warning when none has.
+    defined = r2[~np.isnan(r2)]
+    r2_mean = float(defined.mean()) if defined.size else float("nan")
+    out: dict[str, Any] = {"mae": float(mae.mean()), "rmse": float(rmse.mean()), "r2": r2_mean}
     out["per_target"] = {
         n: {"mae": float(a), "rmse": float(b), "r2": None if np.isnan(c) else float(c)}
         for n, a, b, c in zip(names, mae, rmse, r2)

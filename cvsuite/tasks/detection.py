@@ -3,7 +3,6 @@ judged by COCO mAP (pycocotools, or faster-coco-eval)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -151,10 +150,17 @@ class DetectionTask(BaseTask):
                 self.log(f"val_{key}", value, prog_bar=key in ("map", "map_50"), sync_dist=True)
 
     def write_predictions(self, path: str | Path) -> Path:
-        """The last validation's detections as a COCO results JSON (the data's image and category ids)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.evaluator.coco_results()))
+        """The last validation's detections as a COCO results JSON (the data's image and category ids), and the
+        truth of the split it scored beside it (``<stem>_gt.json``, `cvsuite.doctor.write_ground_truth`), from
+        the datamodule that validation used: one build of the data, one message about it. Both written
+        atomically."""
+        from cvsuite.doctor import write_ground_truth
+        from cvsuite.outputs import write_json
+
+        path = write_json(path, self.evaluator.coco_results(), indent=None)
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if dm is not None and getattr(dm, "val_set", None) is not None:
+            write_ground_truth(dm, list(self.hparams.class_names), path)
         return path
 
     # ---- inference ---------------------------------------------------------------------------------------
