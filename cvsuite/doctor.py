@@ -43,6 +43,7 @@ class Report:
     splits: dict[str, list[Item]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was read, e.g. "splits from data.yaml: train 142, ..."
     counts: dict[str, Counter] = field(default_factory=dict)  # split -> class id -> images/objects/pixels
     unit: str = "images"
     quick: bool = False  # headers only, no mask scan: the check at the start of training
@@ -50,6 +51,7 @@ class Report:
 
     def table(self) -> str:
         lines = [f"dataset check ({self.task})"]
+        lines += [f"  {n}" for n in self.notes]
         if self.class_names and self.counts:
             splits = list(self.counts)
             width = max(10, *(len(n) for n in self.class_names))
@@ -173,15 +175,13 @@ def _check_boxes(report: Report) -> None:
     for split, items in report.splits.items():
         empty = [i.path.name for i in items if i.boxes is not None and len(i.boxes) == 0]
         if empty:
-            report.warnings.append(
-                f"{split}: {len(empty)} image(s) without objects (trained as background): {', '.join(empty[:5])}"
-            )
+            how = "trained as background" if split == "train" else "no objects to find"
+            report.warnings.append(f"{split}: {len(empty)} image(s) without objects ({how}): {', '.join(empty[:5])}")
 
 
 def _check_overlap(report: Report) -> None:
-    """Val images whose bytes equal a train image's; only files of a size found in both splits are hashed."""
-    if "val" not in report.splits:
-        return
+    """Val and test images whose bytes equal a train image's (or a test image's a val one's); only files of a size
+    found in both splits are hashed."""
 
     def size(p: Path) -> int:
         try:
@@ -189,16 +189,19 @@ def _check_overlap(report: Report) -> None:
         except OSError:
             return -1
 
-    train, val = report.splits["train"], report.splits["val"]
-    shared = {size(i.path) for i in train} & {size(i.path) for i in val}
-    digests: dict[str, Path] = {}
-    for item in train:
-        if size(item.path) in shared:
-            digests.setdefault(_digest(item.path), item.path)
-    same = [(digests[d], i.path) for i in val if size(i.path) in shared and (d := _digest(i.path)) in digests]
-    if same:
-        shown = "; ".join(f"{a} = {b}" for a, b in same[:5])
-        report.errors.append(f"{len(same)} val image(s) are also in train (same bytes): {shown}")
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        if first not in report.splits or second not in report.splits:
+            continue
+        a, b = report.splits[first], report.splits[second]
+        shared = {size(i.path) for i in a} & {size(i.path) for i in b}
+        digests: dict[str, Path] = {}
+        for item in a:
+            if size(item.path) in shared:
+                digests.setdefault(_digest(item.path), item.path)
+        same = [(digests[d], i.path) for i in b if size(i.path) in shared and (d := _digest(i.path)) in digests]
+        if same:
+            shown = "; ".join(f"{x} = {y}" for x, y in same[:5])
+            report.errors.append(f"{len(same)} {second} image(s) are also in {first} (same bytes): {shown}")
 
 
 def _digest(path: Path) -> str:

@@ -102,7 +102,7 @@ def test_split_test_and_val_root_score_new_data_and_say_so(run_without_val, tmp_
         import shutil
 
         shutil.rmtree(root / "test")
-    with pytest.raises(DatasetError, match="test: folder not found"):
+    with pytest.raises(DatasetError, match="has no test split: no test/ folder and no test list"):
         evaluate(ckpt, output=str(tmp_path / "t.json"), split="test")
 
 

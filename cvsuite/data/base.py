@@ -81,6 +81,7 @@ class ContractDataModule(L.LightningDataModule):
         self.split = split
         self.val_files: list[tuple[str, str]] = []
         self.split_source = "derived"  # stored | derived | test | val_root
+        self.split_lists: str | None = None  # the data's own split lists used ("data.yaml", "splits/{...}.txt")
 
     # ---- what subclasses provide -------------------------------------------------------------------------
     class_names: list[str] | None = None
@@ -146,14 +147,27 @@ class ContractDataModule(L.LightningDataModule):
             self.split_source = "val_root"
         elif self.split == "test":
             if self.root is None:
-                raise DatasetError("--split test needs data.root (ROOT/test is evaluated)")
-            folder = self.root / "test"
+                raise DatasetError("--split test needs data.root (its test list or ROOT/test is evaluated)")
             self.split_source = "test"
+            if self.has_test_list():
+                return None  # the data's own test list (data.yaml test:, splits/test.txt): the subclass reads it
+            folder = self.root / "test"
+            if not folder.is_dir():
+                raise DatasetError(
+                    f"--split test: {self.root} has no test split: no test/ folder and no test list (data.yaml "
+                    "'test:', splits/test.txt, ImageSets/Main/test.txt). Add one, or evaluate other data with "
+                    "--data.val_root FOLDER."
+                )
         else:
             return None
         if not folder.is_dir():
-            raise DatasetError(f"{folder}: folder not found (asked for by --split test / data.val_root)")
+            raise DatasetError(f"{folder}: folder not found (asked for by data.val_root)")
         return folder
+
+    def has_test_list(self) -> bool:
+        """True when the data declares its own test split in a list (data.yaml, splits/test.txt); tasks that
+        read such lists override this."""
+        return False
 
     def _relative(self, path: Path) -> str:
         path = Path(path).resolve()
@@ -177,10 +191,12 @@ class ContractDataModule(L.LightningDataModule):
         derived_val: Sequence[int],
         key: Callable[[Any], Path],
         fingerprint: Callable[[Any], str],
+        never_train: Sequence[int] = (),
     ) -> tuple[list[int], list[int]]:
         """(train, val) indices into `pool` (all samples read from the data): the stored validation files when
-        the checkpoint has them, else `derived_val` (a val/ folder or the seeded split). Records the choice, so
-        the checkpoint stores exactly the files validated."""
+        the checkpoint has them, else `derived_val` (a val/ folder, a val list or the seeded split). Records the
+        choice, so the checkpoint stores exactly the files validated. `never_train`: samples of the pool that are
+        found as stored validation files but never trained on (the data's test list)."""
         val = list(derived_val)
         if self.uses_stored_split():
             # By path relative to data.root: a copied or moved data set finds the same files (fingerprints tell).
@@ -210,7 +226,7 @@ class ContractDataModule(L.LightningDataModule):
                 val = found
                 self.split_source = "stored"
         subset_size(len(val), getattr(self.cfg, "val_subset", None))  # a bad data.val_subset fails at setup
-        chosen = set(val)
+        chosen = set(val) | set(never_train)
         train = [i for i in range(len(pool)) if i not in chosen]
         self.val_files = [(self._relative(key(pool[i])), fingerprint(pool[i])) for i in val]
         return train, val
@@ -222,12 +238,15 @@ class ContractDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """What an evaluation scored, for its JSON."""
-        folder = getattr(self.cfg, "val_root", None) or (str(self.root / "test") if self.split == "test" else None)
+        folder = getattr(self.cfg, "val_root", None)
+        if not folder and self.split == "test" and not self.has_test_list():
+            folder = str(self.root / "test")
         return {
             "split": "test" if self.split == "test" else "val",
             "split_files": self.split_source,
             "data_root": str(folder or self.root),
             "num_samples": len(self.val_set) if getattr(self, "val_set", None) is not None else 0,
+            **({"split_lists": self.split_lists} if self.split_lists else {}),
         }
 
     # ---- loaders --------------------------------------------------------------------------------------------

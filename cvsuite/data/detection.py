@@ -13,7 +13,7 @@ The readers and writers are in `cvsuite.data.formats`; this module turns their `
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,15 @@ from cvsuite.config import ConfigError
 from cvsuite.data.base import ContractDataModule, content_hash, file_fingerprint
 from cvsuite.data.common import DatasetError, drop_unreadable, read_image, seeded_index, seeded_split
 from cvsuite.data.formats import ImageRecord, Split, read_split
+from cvsuite.data.formats.yolo import read_yolo_pairs
+from cvsuite.data.splits import (
+    SplitLists,
+    find_data_yaml,
+    find_id_lists,
+    read_data_yaml,
+    read_id_lists,
+    yolo_label_path,
+)
 from cvsuite.models.backbone import data_config
 
 log = logging.getLogger("cvsuite")
@@ -34,9 +43,10 @@ log = logging.getLogger("cvsuite")
 
 @dataclass
 class DetectionDataConfig:
-    root: str | None = None  # ROOT with train/ (and val/), or a single split folder (seeded val split)
+    root: str | None = None  # ROOT with data.yaml, train/ (and val/), split lists, or one split folder (seeded val)
     format: Literal["coco", "voc", "yolo"] | None = None  # null = detected from the files in each split
-    names_file: str | None = None  # YOLO class names (one per line, or a data.yaml); null = looked for
+    names_file: str | None = None  # YOLO class names (one per line), or a data.yaml declaring the splits too;
+    # null = looked for (ROOT/data.yaml with train: declares the splits)
     val_fraction: float = 0.2  # seeded validation split when there is no val/
     val_subset: int | float | None = None  # validations while training score this many (or this share)
     # of the validation samples, seeded; the final evaluation and eval.py score them all
@@ -128,6 +138,114 @@ def record_fingerprint(r: ImageRecord) -> str:
     return f"{file_fingerprint(r.path)}:{content_hash(r.boxes, r.labels, r.ignore)}"
 
 
+@dataclass
+class OnDisk:
+    """A detection data set's splits as it declares them: train always, val and test when the data has them;
+    `lists` when they come from the data's own split lists (data.yaml, splits/*.txt), `folders` the split
+    folders read (for the doctor's orphan-label check)."""
+
+    train: Split
+    val: Split | None = None
+    test: Split | None = None
+    lists: SplitLists | None = None
+    folders: list[Path] = field(default_factory=list)
+
+    def splits(self) -> dict[str, Split]:
+        return {k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+
+    def line(self) -> str | None:
+        """``splits from data.yaml: train 142, val 41, test 20`` for split lists; None for folders."""
+        if self.lists is None:
+            return None
+        return self.lists.line({k: len(v.records) for k, v in self.splits().items()})
+
+
+def read_args(cfg: DetectionDataConfig) -> dict[str, Any]:
+    return {
+        "fmt": cfg.format,
+        "min_size": cfg.min_box_size,
+        "use_difficult": cfg.use_difficult,
+        "root": Path(cfg.root).expanduser() if cfg.root else None,
+        "names_file": cfg.names_file,
+    }
+
+
+def declared_lists(root: Path, names_file: str | None, fmt: str | None = None) -> SplitLists | None:
+    """The data's own split lists, if it has them: a data.yaml declaring train (first: Ultralytics and Roboflow
+    exports keep images/{train,valid,test} or train/, valid/, test/ folders beside it), else, when ROOT has no
+    train/ folder, splits/*.txt or ImageSets/Main/*.txt id lists of the images in ROOT/images."""
+    if fmt in (None, "yolo"):
+        data_yaml = find_data_yaml(root, names_file)
+        if data_yaml is not None:
+            return read_data_yaml(data_yaml)
+    if (root / "train").is_dir() or not (root / "images").is_dir():
+        return None
+    folder = find_id_lists(root)
+    return read_id_lists(folder, root / "images", root) if folder is not None else None
+
+
+def read_splits(cfg: DetectionDataConfig, class_names: list[str] | None = None) -> OnDisk:
+    """Every split the data declares, in this order of layouts: a data.yaml with train:, ROOT/train/ (and val/)
+    folders, id lists (splits/, ImageSets/Main/) beside ROOT/images, ROOT as one split (no val: seeded later)."""
+    if not cfg.root:
+        raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/ (and ROOT/val/)")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data.root: {root} is not a folder")
+    kw = read_args(cfg)
+    lists = declared_lists(root, cfg.names_file, cfg.format)
+    if lists is not None and lists.class_names is not None:  # data.yaml: YOLO labels of the listed images
+        names = list(class_names) if class_names else lists.class_names
+        splits = {
+            s: read_yolo_pairs(
+                [(p, label if (label := yolo_label_path(p)).is_file() else None) for p in files],
+                names,
+                lists.class_names,
+                str(lists.where),
+                cfg.min_box_size,
+                lists.where.parent,
+            )
+            for s, files in lists.files.items()
+        }
+        return OnDisk(splits["train"], splits.get("val"), splits.get("test"), lists)
+    if lists is not None:  # id lists: ROOT read as one split, its records shared out
+        whole = read_split(root, class_names=class_names, **kw)
+        by_path = {r.path.resolve(): r for r in whole.records}
+        splits = {}
+        for split, files in lists.files.items():
+            missing = [p for p in files if p.resolve() not in by_path]
+            if missing:
+                raise DatasetError(
+                    f"{lists.where / (split + '.txt')}: {len(missing)} listed image(s) have no annotation entry in "
+                    f"{root} ({whole.format}), e.g. {missing[0].name}. Add them to the annotations or delete the lines."
+                )
+            records = [by_path[p.resolve()] for p in files]
+            splits[split] = Split(records, whole.class_names, whole.category_ids, whole.format, whole.skipped)
+        return OnDisk(splits["train"], splits.get("val"), splits.get("test"), lists, [root])
+    if not (root / "train").is_dir() and (root / "val").is_dir() and class_names:
+        # Evaluating a checkpoint on a ROOT that holds only val/: its classes are known already.
+        val = read_split(root / "val", class_names=class_names, **kw)
+        return OnDisk(Split([], val.class_names, val.category_ids, val.format), val, folders=[root / "val"])
+    if (root / "train").is_dir():
+        train = read_split(root / "train", class_names=class_names, **kw)
+        if (root / "val").is_dir():
+            val = read_split(root / "val", class_names=train.class_names, **kw)
+            return OnDisk(train, val, folders=[root / "train", root / "val"])
+        return OnDisk(train, folders=[root / "train"])
+    if (root / "images").is_dir():
+        log.info(
+            "%s has no train/ folder nor split lists; using it as one split with a seeded %.0f%% validation split",
+            root,
+            100 * cfg.val_fraction,
+        )
+        return OnDisk(read_split(root, class_names=class_names, **kw), folders=[root])
+    raise DatasetError(
+        f"{root}: expected {root}/train/ (and optionally {root}/val/), each with images/ and annotations "
+        "(annotations.json, annotations/*.xml or labels/*.txt), a data.yaml declaring the splits, or a single split "
+        "with images/ here (split lists in splits/{train,val,test}.txt)"
+    )
+
+
 class DetectionDataModule(ContractDataModule):
     """Any format -> datasets. Contract: class names, COCO category ids, eval pipeline, validation files."""
 
@@ -152,6 +270,7 @@ class DetectionDataModule(ContractDataModule):
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
         self.skipped: list[tuple[Path, str]] = []
+        self._on_disk: OnDisk | None = None
 
     def contract(self) -> dict[str, Any]:
         return {**super().contract(), "category_ids": list(self.category_ids or [])}
@@ -172,45 +291,17 @@ class DetectionDataModule(ContractDataModule):
         return augment.with_boxes(custom, augment.bbox_params(0.0, 0.0))
 
     # ---- data --------------------------------------------------------------------------------------------
-    def _read(self) -> tuple[Split, Split | None]:
-        """(train split, the val/ split or None) as they are on disk."""
-        cfg = self.cfg
-        if not cfg.root:
-            raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/ (and ROOT/val/)")
-        root = Path(cfg.root).expanduser()
-        if not root.is_dir():
-            raise DatasetError(f"data.root: {root} is not a folder")
-        if not (root / "train").is_dir() and (root / "val").is_dir() and self.class_names:
-            # Evaluating a checkpoint on a ROOT that holds only val/: its classes are known already.
-            val = read_split(root / "val", class_names=self.class_names, **self._read_args())
-            return Split([], val.class_names, val.category_ids, val.format), val
-        if (root / "train").is_dir():
-            train = read_split(root / "train", class_names=self.class_names, **self._read_args())
-            if (root / "val").is_dir():
-                return train, read_split(root / "val", class_names=train.class_names, **self._read_args())
-            return train, None
-        if (root / "images").is_dir():
-            log.info(
-                "%s has no train/ folder; using it as one split with a seeded %.0f%% validation split",
-                root,
-                100 * cfg.val_fraction,
-            )
-            return read_split(root, class_names=self.class_names, **self._read_args()), None
-        raise DatasetError(
-            f"{root}: expected {root}/train/ (and optionally {root}/val/), each with images/ and annotations "
-            "(annotations.json, annotations/*.xml or labels/*.txt), or a single split with images/ here"
-        )
+    def on_disk(self) -> OnDisk:
+        """The splits as the data declares them (read once)."""
+        if self._on_disk is None:
+            self._on_disk = read_splits(self.cfg, self.class_names)
+        return self._on_disk
+
+    def has_test_list(self) -> bool:
+        return self.on_disk().lists is not None and self.on_disk().test is not None
 
     def _read_args(self) -> dict[str, Any]:
-        cfg = self.cfg
-        root = Path(cfg.root).expanduser() if cfg.root else None
-        return {
-            "fmt": cfg.format,
-            "min_size": cfg.min_box_size,
-            "use_difficult": cfg.use_difficult,
-            "root": root,
-            "names_file": cfg.names_file,
-        }
+        return read_args(self.cfg)
 
     def _split(self) -> tuple[Split | None, list[ImageRecord]]:
         folder = self.eval_folder()
@@ -220,16 +311,30 @@ class DetectionDataModule(ContractDataModule):
             val = read_split(folder, class_names=self.class_names, **self._read_args())
             self.category_ids = val.category_ids
             return None, val.records
-        train, val = self._read()
-        pool = train.records + (val.records if val else [])
+        disk = self.on_disk()
+        if disk.lists is not None:
+            self.split_lists = disk.lists.source
+            log.info("%s", disk.line())
+        if self.split == "test":  # the data's own test list (eval_folder found no ROOT/test/ to use)
+            if not self.class_names:
+                raise DatasetError("--split test evaluates a trained model: give a checkpoint")
+            self.category_ids = disk.test.category_ids
+            return None, disk.test.records
+        train, val = disk.train, disk.val
+        test = disk.test.records if disk.test is not None else []
+        pool = train.records + (val.records if val else []) + test
+        n_train = len(train.records)
         if val is not None:
-            derived = range(len(train.records), len(pool))
+            derived = range(n_train, n_train + len(val.records))
             self.category_ids = val.category_ids
         else:
-            _, derived = seeded_split(len(train.records), self.cfg.val_fraction, self.seed)
+            _, derived = seeded_split(n_train, self.cfg.val_fraction, self.seed)
             self.category_ids = train.category_ids
-        tr, va = self.choose_val(pool, derived, key=lambda r: r.path, fingerprint=record_fingerprint)
-        train.records = [pool[i] for i in tr]
+        # The test images are in the pool only so that a checkpoint's stored validation files are found among them
+        # (a model trained before the data's own split was used); they are never trained on.
+        never = range(len(pool) - len(test), len(pool))
+        tr, va = self.choose_val(pool, derived, key=lambda r: r.path, fingerprint=record_fingerprint, never_train=never)
+        train = Split([pool[i] for i in tr], train.class_names, train.category_ids, train.format, train.skipped)
         return train, [pool[i] for i in va]
 
     def setup(self, stage: str | None = None) -> None:

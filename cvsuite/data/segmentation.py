@@ -42,6 +42,7 @@ from cvsuite.data.common import (
     seeded_index,
     seeded_split,
 )
+from cvsuite.data.splits import SplitLists, find_id_lists, read_id_lists
 from cvsuite.models.backbone import data_config
 
 log = logging.getLogger("cvsuite")
@@ -266,6 +267,16 @@ def read_mask_folder(folder: Path, cfg: SegmentationDataConfig) -> Split:
     images = list_images(images_dir)
     if not images:
         raise DatasetError(f"{images_dir}: no images ({'/'.join(IMAGE_EXTENSIONS[:4])}...)")
+    samples, unused = pair_masks(images, images_dir, masks_dir, cfg)
+    if unused:
+        log.warning("%d mask(s) in %s have no image and are not used, e.g. %s", len(unused), masks_dir, unused[0])
+    return Split(samples)
+
+
+def pair_masks(
+    images: list[Path], images_dir: Path, masks_dir: Path, cfg: SegmentationDataConfig
+) -> tuple[list[Sample], list[str]]:
+    """(a sample per image with its mask, the mask keys no image took); an image without a mask is an error."""
     masks: dict[str, Path] = {}
     for m in list_images(masks_dir):
         key = str(m.relative_to(masks_dir).with_suffix(""))
@@ -286,11 +297,7 @@ def read_mask_folder(folder: Path, cfg: SegmentationDataConfig) -> Split:
             f"stem{' + data.mask_suffix ' + repr(cfg.mask_suffix) if cfg.mask_suffix else ''} (a.jpg -> "
             f"a{cfg.mask_suffix}.png); add the masks, delete those images, or set data.mask_suffix."
         )
-    if masks:
-        log.warning(
-            "%d mask(s) in %s have no image and are not used, e.g. %s", len(masks), masks_dir, next(iter(masks))
-        )
-    return Split(samples)
+    return samples, list(masks)
 
 
 def read_coco(json_path: Path, folder: Path, cfg: SegmentationDataConfig) -> Split:
@@ -334,8 +341,30 @@ def read_coco(json_path: Path, folder: Path, cfg: SegmentationDataConfig) -> Spl
     return Split(samples, ["background"] + [c["name"] for c in cats], category_ids)
 
 
-def read_splits(cfg: SegmentationDataConfig) -> tuple[Split, Split | None]:
-    """(train, val or None when there is no val split on disk) from the layouts in the module docstring."""
+@dataclass
+class OnDisk:
+    """A segmentation data set's splits as it declares them: train always, val and test when it has them; `lists`
+    when they come from the data's own id lists (splits/*.txt, ImageSets/...)."""
+
+    train: Split
+    val: Split | None = None
+    test: Split | None = None
+    lists: SplitLists | None = None
+
+    def line(self) -> str | None:
+        """``splits from splits/{train,val}.txt: train 58, val 14`` for split lists; None otherwise."""
+        if self.lists is None:
+            return None
+        splits = (("train", self.train), ("val", self.val), ("test", self.test))
+        return self.lists.line({k: len(v.samples) for k, v in splits if v is not None})
+
+
+LIST_FOLDERS = ("splits", "ImageSets/Segmentation", "ImageSets/Main")
+
+
+def read_on_disk(cfg: SegmentationDataConfig) -> OnDisk:
+    """Every split the data declares, from the layouts in the module docstring: ROOT/train/ (and val/) folders,
+    COCO files, id lists beside ROOT's image and mask folders, or ROOT as one split (no val: seeded later)."""
     if not cfg.root:
         raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/images and ROOT/train/masks")
     root = Path(cfg.root).expanduser()
@@ -344,16 +373,27 @@ def read_splits(cfg: SegmentationDataConfig) -> tuple[Split, Split | None]:
     train_dir = root / "train" if (root / "train").is_dir() else root
     val_dir = root / "val" if (root / "val").is_dir() else None
     if val_dir is not None and not (root / "train").is_dir() and not cfg.train_annotations:
-        return Split([]), read_mask_folder(val_dir, cfg)  # only val/: evaluating a checkpoint
+        return OnDisk(Split([]), read_mask_folder(val_dir, cfg))  # only val/: evaluating a checkpoint
     if cfg.train_annotations:
         train = read_coco(root / cfg.train_annotations, train_dir, cfg)
         val = read_coco(root / cfg.val_annotations, val_dir or root, cfg) if cfg.val_annotations else None
         if val is not None and val.category_ids != train.category_ids:
             raise DatasetError(f"{cfg.val_annotations}: categories differ from {cfg.train_annotations}")
-    else:
-        train = read_mask_folder(train_dir, cfg)
-        val = read_mask_folder(val_dir, cfg) if val_dir is not None else None
-    return train, val
+        return OnDisk(train, val)
+    folder = find_id_lists(root, LIST_FOLDERS) if train_dir == root else None
+    if folder is not None:
+        images_dir = _find_dir(root, cfg.images_dir, IMAGE_DIRS, "image", "images_dir")
+        masks_dir = _find_dir(root, cfg.masks_dir, MASK_DIRS, "mask", "masks_dir")
+        lists = read_id_lists(folder, images_dir, root)
+        splits = {s: Split(pair_masks(files, images_dir, masks_dir, cfg)[0]) for s, files in lists.files.items()}
+        return OnDisk(splits["train"], splits.get("val"), splits.get("test"), lists)
+    return OnDisk(read_mask_folder(train_dir, cfg), read_mask_folder(val_dir, cfg) if val_dir is not None else None)
+
+
+def read_splits(cfg: SegmentationDataConfig) -> tuple[Split, Split | None]:
+    """(train, val or None when there is no val split on disk); `read_on_disk` has the test split too."""
+    disk = read_on_disk(cfg)
+    return disk.train, disk.val
 
 
 def sample_fingerprint(sample: Sample) -> str:
@@ -515,6 +555,7 @@ class SegmentationDataModule(ContractDataModule):
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
         self.collate_fn = _Collate(self.ignore_index)
+        self._on_disk: OnDisk | None = None
 
     @property
     def num_classes(self) -> int:
@@ -595,19 +636,43 @@ class SegmentationDataModule(ContractDataModule):
         if bad:
             raise DatasetError(_bad_values_message(bad, self.decoder))
 
+    def on_disk(self) -> OnDisk:
+        """The splits as the data declares them (read once)."""
+        if self._on_disk is None:
+            self._on_disk = read_on_disk(self.cfg)
+        return self._on_disk
+
+    def has_test_list(self) -> bool:
+        return self.on_disk().lists is not None and self.on_disk().test is not None
+
     def _split(self) -> tuple[Split, Split]:
         folder = self.eval_folder()
         if folder is not None:
             if not self.fixed:
                 raise DatasetError("--split test / data.val_root evaluate a trained model: give a checkpoint")
             return Split([]), read_mask_folder(folder, self.cfg)
-        train, val = read_splits(self.cfg)
-        pool = train.samples + (val.samples if val else [])
+        disk = self.on_disk()
+        if disk.lists is not None:
+            self.split_lists = disk.lists.source
+            log.info("%s", disk.line())
+        if self.split == "test":  # the data's own test list (eval_folder found no ROOT/test/ to use)
+            if not self.fixed:
+                raise DatasetError("--split test evaluates a trained model: give a checkpoint")
+            return Split([]), disk.test
+        train, val = disk.train, disk.val
+        test = disk.test.samples if disk.test is not None else []
+        pool = train.samples + (val.samples if val else []) + test
+        n_train = len(train.samples)
         if val is not None:
-            derived = range(len(train.samples), len(pool))
+            derived = range(n_train, n_train + len(val.samples))
         else:
-            _, derived = seeded_split(len(train.samples), self.cfg.val_fraction, self.seed)
-        tr, va = self.choose_val(pool, derived, key=lambda s: s.image, fingerprint=sample_fingerprint)
+            _, derived = seeded_split(n_train, self.cfg.val_fraction, self.seed)
+        # Test samples are in the pool only so a checkpoint's stored validation files are found among them; they
+        # are never trained on.
+        never = range(len(pool) - len(test), len(pool))
+        tr, va = self.choose_val(
+            pool, derived, key=lambda s: s.image, fingerprint=sample_fingerprint, never_train=never
+        )
         log.info(
             "%s: %d train / %d val images (%s validation files)", self.cfg.root, len(tr), len(va), self.split_source
         )

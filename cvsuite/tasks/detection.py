@@ -371,29 +371,24 @@ def export(module: DetectionTask, cfg) -> Exported:
 
 
 def read_dataset(cfg, report) -> None:
-    """`cvsuite check`: each split in its format (COCO, VOC, YOLO), as `DetectionDataModule` reads it, plus label
-    files without an image."""
-    from cvsuite.data.formats import read_split
+    """`cvsuite check`: each split in its format (COCO, VOC, YOLO) and from the source training uses (data.yaml,
+    train/ and val/ folders, split lists), as `DetectionDataModule` reads it, plus label files without an image."""
+    from cvsuite.data.detection import read_splits
     from cvsuite.doctor import Item, data_root
 
-    root = data_root(cfg)
-    d = cfg.data
-    kw = {"fmt": d.format, "min_size": d.min_box_size, "use_difficult": d.use_difficult, "root": root}
-    kw["names_file"] = d.names_file
-    folders = {"train": root / "train", "val": root / "val"} if (root / "train").is_dir() else {"train": root}
-    names = None
-    for split, folder in folders.items():
-        if not folder.is_dir():
-            continue
-        s = read_split(folder, class_names=names, **kw)
-        names = names or s.class_names
+    data_root(cfg)
+    disk = read_splits(cfg.data)
+    for split, s in disk.splits().items():
         report.splits[split] = [Item(r.path, r.labels.tolist(), r.boxes) for r in s.records]
         for path, why in s.skipped:
             report.warnings.append(f"{path}: {why}")
-        _orphans(folder, s.format, report)
-    if "val" not in report.splits:
-        report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
-    report.class_names = names or []
+    for folder in disk.folders:
+        _orphans(folder, disk.train.format, report)
+    if disk.line():
+        report.notes.append(disk.line())
+    elif disk.val is None:
+        report.warnings.append(f"no val split: {cfg.data.val_fraction:.0%} of train is held out (data.val_fraction)")
+    report.class_names = disk.train.class_names
     report.unit = "objects"
 
 

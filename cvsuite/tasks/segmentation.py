@@ -283,22 +283,29 @@ def read_dataset(cfg, report) -> None:
     from collections import Counter
 
     from cvsuite.data.common import seeded_split
-    from cvsuite.data.segmentation import Split, read_mask_raw, read_splits
+    from cvsuite.data.segmentation import Split, read_mask_raw, read_on_disk
     from cvsuite.doctor import Item
 
-    train, val = read_splits(cfg.data)
+    disk = read_on_disk(cfg.data)
+    train, val = disk.train, disk.val
+    if disk.line():  # the data's own split lists
+        report.notes.append(disk.line())
     if val is None:  # held out the way training will hold it out
-        report.warnings.append(f"no val split: {cfg.data.val_fraction:.0%} of train is held out (data.val_fraction)")
+        if not disk.line():
+            report.warnings.append(
+                f"no val split: {cfg.data.val_fraction:.0%} of train is held out (data.val_fraction)"
+            )
         tr, va = seeded_split(len(train.samples), cfg.data.val_fraction, cfg.run.seed)
         train, val = Split([train.samples[i] for i in tr]), Split([train.samples[i] for i in va])
     n = cfg.data.num_classes or (len(cfg.data.class_names) if cfg.data.class_names else None)
     report.unit = "pixels"
     values: dict[str, Counter] = {}
-    for split, s in (("train", train), ("val", val)):
+    splits = [("train", train), ("val", val)] + ([("test", disk.test)] if disk.test is not None else [])
+    for split, s in splits:
         report.splits[split] = [Item(x.image, mask=x.mask) for x in s.samples]
     if report.quick:  # the datamodule scans every mask itself when training starts
         return
-    for split, s in (("train", train), ("val", val)):
+    for split, s in splits:
         c: Counter = Counter()
         for x in s.samples:
             if x.mask is None:

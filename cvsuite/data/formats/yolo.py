@@ -71,12 +71,25 @@ def read_yolo(
                 f"{txt}: label file has no image {split / 'images' / key}.<jpg|png|...>. Add the image or delete "
                 "the label file."
             )
+    pairs = [(path, labels_files.get(key)) for key, path in sorted(by_key.items())]
+    return read_yolo_pairs(pairs, names, file_names, str(names_path or "data.class_names"), min_size, label_dir)
+
+
+def read_yolo_pairs(
+    pairs: list[tuple[Path, Path | None]],
+    names: list[str],
+    file_names: list[str],
+    names_source: str,
+    min_size: float = 1.0,
+    where: Path | None = None,
+) -> Split:
+    """Records of (image, label file or None) pairs; the label files' class ids index `file_names`, mapped by name
+    onto `names` (the model's class order). A missing label file means an image with no objects."""
     report = _BoxReport()
     records = []
-    for i, (key, path) in enumerate(sorted(by_key.items())):
+    for i, (path, txt) in enumerate(pairs):
         width, height = _image_size(path)
         boxes, labels = [], []
-        txt = labels_files.get(key)
         lines = txt.read_text().splitlines() if txt else []
         for lineno, line in enumerate(lines, start=1):
             parts = line.split()
@@ -93,14 +106,16 @@ def read_yolo(
                 ) from err
             if not 0 <= cls < len(file_names):
                 raise DatasetError(
-                    f"{txt}:{lineno}: unknown category id {cls}; {names_path or 'data.class_names'} lists "
+                    f"{txt}:{lineno}: unknown category id {cls}; {names_source} lists "
                     f"{len(file_names)} classes (ids 0-{len(file_names) - 1}). Fix the id or add the class name."
                 )
             labels.append(_class_index(names, file_names[cls], f"{txt}:{lineno}"))
             boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
-        where = str(txt or path)
         records.append(
-            _record(path, width, height, boxes, labels, [False] * len(labels), i + 1, where, report, min_size)
+            _record(
+                path, width, height, boxes, labels, [False] * len(labels), i + 1, str(txt or path), report, min_size
+            )
         )
-    report.flush(label_dir)
+    if where is not None:
+        report.flush(where)
     return Split(records, names, list(range(1, len(names) + 1)), "yolo")
