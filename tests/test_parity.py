@@ -22,7 +22,7 @@ import cvsuite.api
 from cvsuite.api import to_rgb
 from cvsuite.config import from_dict
 from cvsuite.data.common import list_images, read_image
-from cvsuite.doctor import write_ground_truth
+from cvsuite.doctor import ground_truth_path
 from cvsuite.export import export
 from cvsuite.run import evaluate, load_run, predict, train
 from cvsuite.tasks.detection import compare_detections
@@ -171,7 +171,7 @@ def test_eval_scores_what_predict_predicts(trained, tmp_path):
     if task == "detection":
         metrics = evaluate(ckpt, output=str(tmp_path / "m.json"), predictions=str(tmp_path / "p.json"))
         results = json.loads((tmp_path / "p.json").read_text())
-        gt = json.loads(write_ground_truth(ckpt, None, None, str(tmp_path / "p.json")).read_text())
+        gt = json.loads(ground_truth_path(tmp_path / "p.json").read_text())  # written beside the predictions
         assert metrics["num_images"] == len(paths)
         names = {im["id"]: Path(im["file_name"]).name for im in gt["images"]}
         by_name = {p.name: r for p, r in zip(paths, api)}

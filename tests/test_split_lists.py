@@ -83,13 +83,17 @@ def ultralytics_set(root: Path, layout: str = "ultralytics") -> tuple[dict[str, 
 
 
 def id_list_set(root: Path, lists: str = "splits", fmt: str = "voc") -> dict[str, list[str]]:
-    """images/ + annotations (VOC XML, or COCO, or YOLO) for 12 odd-size images, and id lists of 6/3/3 images;
+    """images/ + annotations (VOC XML, COCO, YOLO; "devkit": VOC's JPEGImages/ + Annotations/) for 12 odd-size
+    images, and id lists of 6/3/3 images;
     `lists` = "splits" (splits/{train,val,test}.txt) or "voc" (ImageSets/Main/{trainval,val,test}.txt)."""
     records, names = make_shapes(root / "raw", n=12, size=(75, 100), seed=5)
-    write_split(records, names, root, fmt)
+    write_split(records, names, root, "voc" if fmt == "devkit" else fmt)
     import shutil
 
     shutil.rmtree(root / "raw")
+    if fmt == "devkit":  # Pascal VOC as downloaded
+        (root / "images").rename(root / "JPEGImages")
+        (root / "annotations").rename(root / "Annotations")
     ids = {s: [records[i].path.stem for i in idx] for s, idx in SPLITS.items()}
     if lists == "splits":
         (root / "splits").mkdir()
@@ -184,12 +188,14 @@ def test_data_yaml_errors_name_the_key_and_the_list_line(tmp_path):
 
 
 # ---- detection: id lists -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("lists", "fmt"), [("splits", "voc"), ("voc", "voc"), ("splits", "coco"), ("splits", "yolo")])
+@pytest.mark.parametrize(
+    ("lists", "fmt"), [("splits", "voc"), ("voc", "voc"), ("voc", "devkit"), ("splits", "coco"), ("splits", "yolo")]
+)
 def test_id_lists_beside_images_and_annotations_decide_the_splits(tmp_path, lists, fmt):
     ids = id_list_set(tmp_path, lists, fmt)
-    (tmp_path / "images" / "extra.png").write_bytes((tmp_path / "images" / f"{ids['train'][0]}.png").read_bytes())
-    if fmt == "coco":  # the extra image is in no list and in no annotation: not used either way
-        (tmp_path / "images" / "extra.png").unlink()
+    images = tmp_path / ("JPEGImages" if fmt == "devkit" else "images")
+    if fmt != "coco":  # an image in no list (in COCO it would need an entry): not used
+        (images / "extra.png").write_bytes((images / f"{ids['train'][0]}.png").read_bytes())
     disk = read_splits(DetectionDataConfig(root=str(tmp_path)))
     source = "splits/{train,val,test}.txt" if lists == "splits" else "ImageSets/Main/{trainval,val,test}.txt"
     expected = f"splits from {source}: train 6, val 3, test 3"

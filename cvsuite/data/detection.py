@@ -1,10 +1,16 @@
-"""Detection data: ``ROOT/train/`` and ``ROOT/val/`` (a seeded validation split when there is no ``val/``; a ROOT
-that is itself one split, like ``ROOT/images`` + ``ROOT/annotations``, is split the same way). Each split is in
-any of three formats, detected from what is there or set with ``data.format``:
+"""Detection data. The splits come from the first layout found in ``data.root`` (ROOT), the data's own first:
+
+1. a YOLO ``data.yaml`` declaring ``train:``/``val:``/``test:`` (Ultralytics, Roboflow; `cvsuite.data.splits`);
+2. ``ROOT/train/`` and ``ROOT/val/`` split folders (``ROOT/test/`` for ``--split test``);
+3. id lists ``splits/{train,val,test}.txt`` or ``ImageSets/Main/*.txt`` beside ``ROOT/images`` + annotations;
+4. ROOT itself as one split (``ROOT/images`` + ``ROOT/annotations``).
+
+Without a val split a seeded ``data.val_fraction`` of train is validation; a test split is never trained on. Each
+split folder is in any of three formats, detected from what is there or set with ``data.format``:
 
 - ``coco``: ``images/`` + ``annotations.json``;
-- ``voc``:  ``images/`` + ``annotations/*.xml`` (class names from the XML; ``difficult`` objects are ignored by
-  training and evaluation unless ``data.use_difficult``);
+- ``voc``:  ``images/`` + ``annotations/*.xml`` (or VOC's ``JPEGImages/`` + ``Annotations/``; class names from
+  the XML; ``difficult`` objects are ignored by training and evaluation unless ``data.use_difficult``);
 - ``yolo``: ``images/`` + ``labels/*.txt`` (``class cx cy w h``, normalised) + a class-names file.
 
 The readers and writers are in `cvsuite.data.formats`; this module turns their `ImageRecord`s into datasets.
@@ -26,7 +32,7 @@ from cvsuite import augment
 from cvsuite.config import ConfigError
 from cvsuite.data.base import ContractDataModule, content_hash, file_fingerprint
 from cvsuite.data.common import DatasetError, drop_unreadable, read_image, seeded_index, seeded_split
-from cvsuite.data.formats import ImageRecord, Split, read_split
+from cvsuite.data.formats import ImageRecord, Split, image_dir, read_split
 from cvsuite.data.formats.yolo import read_yolo_pairs
 from cvsuite.data.splits import (
     SplitLists,
@@ -178,10 +184,10 @@ def declared_lists(root: Path, names_file: str | None, fmt: str | None = None) -
         data_yaml = find_data_yaml(root, names_file)
         if data_yaml is not None:
             return read_data_yaml(data_yaml)
-    if (root / "train").is_dir() or not (root / "images").is_dir():
+    if (root / "train").is_dir() or not image_dir(root).is_dir():
         return None
     folder = find_id_lists(root)
-    return read_id_lists(folder, root / "images", root) if folder is not None else None
+    return read_id_lists(folder, image_dir(root), root) if folder is not None else None
 
 
 def read_splits(cfg: DetectionDataConfig, class_names: list[str] | None = None) -> OnDisk:
@@ -232,7 +238,7 @@ def read_splits(cfg: DetectionDataConfig, class_names: list[str] | None = None) 
             val = read_split(root / "val", class_names=train.class_names, **kw)
             return OnDisk(train, val, folders=[root / "train", root / "val"])
         return OnDisk(train, folders=[root / "train"])
-    if (root / "images").is_dir():
+    if image_dir(root).is_dir():
         log.info(
             "%s has no train/ folder nor split lists; using it as one split with a seeded %.0f%% validation split",
             root,

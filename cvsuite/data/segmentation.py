@@ -3,7 +3,12 @@
 Layouts (``data.root`` = ROOT)::
 
     ROOT/train/images/*.jpg   ROOT/train/masks/*.png   (+ ROOT/val/images, ROOT/val/masks)
+    ROOT/images/*.jpg         ROOT/masks/*.png         + ROOT/splits/{train,val,test}.txt id lists (or VOC's
+                                                         ImageSets/Segmentation/): the data's own split
     ROOT/images/*.jpg         ROOT/masks/*.png         (no split: a seeded data.val_fraction becomes validation)
+
+Without a val split a seeded ``data.val_fraction`` of train is validation; a test list is never trained on and is
+what ``--split test`` scores (``ROOT/test/`` without lists).
 
 Sub-folder names are found among common ones (images/image/imgs/img/JPEGImages, masks/mask/labels/label/
 SegmentationClass/annotations/gt) or set with ``data.images_dir`` / ``data.masks_dir``. Instead of mask files,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cvsuite.data.common import DatasetError
 from cvsuite.data.formats.coco import read_coco
-from cvsuite.data.formats.records import FORMATS, ImageRecord, Split, clean_boxes
+from cvsuite.data.formats.records import FORMATS, ImageRecord, Split, clean_boxes, image_dir, voc_dir
 from cvsuite.data.formats.voc import read_voc
 from cvsuite.data.formats.writers import write_split
 from cvsuite.data.formats.yolo import YOLO_NAME_FILES, find_names_file, read_yolo
@@ -24,6 +24,7 @@ __all__ = [
     "clean_boxes",
     "detect_format",
     "find_names_file",
+    "image_dir",
     "read_coco",
     "read_split",
     "read_voc",
@@ -37,7 +38,7 @@ def detect_format(split: Path) -> str:
     found = []
     if (split / "annotations.json").is_file():
         found.append("coco")
-    if (split / "annotations").is_dir() and any((split / "annotations").rglob("*.xml")):
+    if voc_dir(split).is_dir() and any(voc_dir(split).rglob("*.xml")):
         found.append("voc")
     if (split / "labels").is_dir():
         found.append("yolo")
@@ -46,7 +47,7 @@ def detect_format(split: Path) -> str:
     if not found:
         raise DatasetError(
             f"{split}: no annotations found. Expected images/ plus one of: annotations.json (COCO), annotations/*.xml "
-            "(Pascal VOC), labels/*.txt with classes.txt (YOLO)."
+            "(Pascal VOC; or JPEGImages/ + Annotations/), labels/*.txt with classes.txt (YOLO)."
         )
     raise DatasetError(f"{split}: holds annotations in several formats ({', '.join(found)}); set data.format")
 
@@ -64,8 +65,10 @@ def read_split(
     if not split.is_dir():
         raise DatasetError(f"{split}: folder not found")
     fmt = fmt or detect_format(split)
-    if not (split / "images").is_dir():
-        raise DatasetError(f"{split}: no images/ folder; every format keeps its images in {split}/images/")
+    if not image_dir(split).is_dir():
+        raise DatasetError(
+            f"{split}: no images/ folder; every format keeps its images in {split}/images/ (VOC: JPEGImages/)"
+        )
     if fmt == "coco":
         if not (split / "annotations.json").is_file():
             raise DatasetError(f"{split}: data.format is coco but there is no annotations.json")

@@ -13,6 +13,19 @@ from cvsuite.data.common import DatasetError
 
 FORMATS = ("coco", "voc", "yolo")
 MAX_BOX_WARNINGS = 10
+# A split's image and VOC XML folders: images/ + annotations/, or Pascal VOC as downloaded (JPEGImages/, Annotations/).
+IMAGE_DIRS = ("images", "JPEGImages")
+VOC_DIRS = ("annotations", "Annotations")
+
+
+def image_dir(split: Path) -> Path:
+    """``split/images`` (or VOC's ``split/JPEGImages``); ``split/images`` when neither exists."""
+    return next((split / n for n in IMAGE_DIRS if (split / n).is_dir()), split / "images")
+
+
+def voc_dir(split: Path) -> Path:
+    """``split/annotations`` (or VOC's ``split/Annotations``)."""
+    return next((split / n for n in VOC_DIRS if (split / n).is_dir()), split / "annotations")
 
 
 @dataclass

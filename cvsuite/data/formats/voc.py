@@ -1,4 +1,5 @@
-"""Pascal VOC: ``split/annotations/*.xml`` with images in ``split/images/``."""
+"""Pascal VOC: ``split/annotations/*.xml`` with images in ``split/images/`` (or, as VOC is downloaded,
+``split/Annotations/`` and ``split/JPEGImages/``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from cvsuite.data.common import DatasetError, list_images
-from cvsuite.data.formats.records import Split, _BoxReport, _class_index, _image_size, _record
+from cvsuite.data.formats.records import Split, _BoxReport, _class_index, _image_size, _record, image_dir, voc_dir
 
 log = logging.getLogger("cvsuite")
 
@@ -43,14 +44,14 @@ def _parse_voc(xml: Path) -> tuple[str | None, list[tuple[str, list[float], bool
 
 
 def _voc_image(split: Path, xml: Path, filename: str | None, by_stem: dict[str, Path]) -> Path:
-    if filename and (split / "images" / filename).is_file():
-        return split / "images" / filename
+    if filename and (image_dir(split) / filename).is_file():
+        return image_dir(split) / filename
     # <filename> is often stale (renamed files, a missing extension): fall back to the XML's own stem.
     stem = Path(filename).stem if filename else xml.stem
     path = by_stem.get(stem) or by_stem.get(xml.stem)
     if path is None:
         raise DatasetError(
-            f"{xml}: points to image '{filename or xml.stem}', which is not in {split / 'images'}. Add the image or "
+            f"{xml}: points to image '{filename or xml.stem}', which is not in {image_dir(split)}. Add the image or "
             "delete the XML."
         )
     return path
@@ -58,9 +59,9 @@ def _voc_image(split: Path, xml: Path, filename: str | None, by_stem: dict[str, 
 
 def read_voc(split: Path, class_names: list[str] | None, min_size: float = 1.0, use_difficult: bool = False) -> Split:
     """``split/annotations/*.xml`` with images in ``split/images/``; images without an XML have no objects."""
-    ann_dir = split / "annotations"
+    ann_dir = voc_dir(split)
     xmls = sorted(ann_dir.rglob("*.xml"))
-    images = list_images(split / "images")
+    images = list_images(image_dir(split))
     by_stem = {p.stem: p for p in images}
     parsed = [(xml, *_parse_voc(xml)) for xml in xmls]
     names = list(class_names) if class_names else sorted({o[0] for _, _, objs in parsed for o in objs})
