@@ -93,7 +93,7 @@ def test_empty_class_folder_is_an_error(tmp_path):
 def test_csv_row_with_missing_file_or_unknown_label(tmp_path):
     root = write_class_folders(tmp_path, per_class=2, splits=("train",))
     (root / "train.csv").write_text("path,label\ntrain/red/0.png,red\ntrain/red/missing.png,red\n")
-    with pytest.raises(DatasetError, match="missing.png: file does not exist"):
+    with pytest.raises(DatasetError, match=r"train.csv:3: .*missing.png does not exist"):
         make_dm(root=str(root), train_csv="train.csv")
     (root / "train.csv").write_text("path,label\ntrain/red/0.png,red\ntrain/blue/0.png,blue\n")
     (root / "val.csv").write_text("path,label\ntrain/red/1.png,purple\n")

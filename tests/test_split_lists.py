@@ -353,3 +353,56 @@ def test_segmentation_check_prints_the_lists_and_a_missing_id_is_named(tmp_path,
     assert main(["check", "--config", str(tmp_path / "r.yaml")]) != 0
     out = capsys.readouterr()
     assert "splits/train.txt:7: 'tile9_missing' names no image" in out.out + out.err
+
+
+# ---- classification: a CSV's split column ------------------------------------------------------------------------
+def csv_split_set(root: Path) -> dict[str, list[str]]:
+    """12 odd-size images of two colours and labels.csv with a split column (train / valid / test, 6/3/3)."""
+    (root / "img").mkdir(parents=True)
+    rows, names = ["path,label,split"], {}
+    for i in range(12):
+        split = "train" if i < 6 else "valid" if i < 9 else "test"
+        label = ("red", "blue")[i % 2]
+        colour = (200, 30, 30) if label == "red" else (30, 30, 200)
+        size = (100 - 3 * i, 75 + 2 * i)  # (width, height): none square, none a multiple of 32
+        Image.new("RGB", size, colour).save(root / "img" / f"{i:02d}.png")
+        rows.append(f"img/{i:02d}.png,{label},{split}")
+        names.setdefault({"valid": "val"}.get(split, split), []).append(f"{i:02d}.png")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return names
+
+
+def test_a_csv_split_column_decides_train_val_and_test(tmp_path):
+    from cvsuite.data.classification import ClassificationDataConfig, ClassificationDataModule
+
+    names = csv_split_set(tmp_path)
+    cfg = ClassificationDataConfig(root=str(tmp_path), train_csv="labels.csv", image_size=32, num_workers=0)
+    dm = ClassificationDataModule(cfg, "test_efficientnet", seed=0)
+    dm.setup("fit")
+
+    def files(dataset):
+        return sorted(Path(p).name for p in dataset.samples.paths)
+
+    assert files(dm.train_set) == names["train"] and files(dm.val_set) == names["val"]
+    assert dm.split_lists == "labels.csv (split column)"
+    test = ClassificationDataModule(cfg, "test_efficientnet", seed=0, stored=dm.state_dict(), split="test")
+    test.setup("validate")
+    assert files(test.val_set) == names["test"] and test.describe()["split"] == "test"
+    assert test.val_set[0]["image"].shape == (3, 32, 32)
+
+    (tmp_path / "labels.csv").write_text("path,label,split\nimg/00.png,red,train\nimg/01.png,blue,holdout\n")
+    with pytest.raises(DatasetError, match=r"labels.csv:3: split 'holdout' is none of train, val, valid"):
+        ClassificationDataModule(cfg, "test_efficientnet").setup("fit")
+
+
+def test_check_prints_the_csv_split_column(tmp_path, capsys):
+    csv_split_set(tmp_path / "data")
+    recipe = {
+        "task": "classification",
+        "data": {"root": str(tmp_path / "data"), "train_csv": "labels.csv", "image_size": 32, "num_workers": 0},
+        "model": {"backbone": "test_efficientnet", "pretrained": False},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    main(["check", "--config", str(tmp_path / "r.yaml")])
+    out = capsys.readouterr()
+    assert "splits from labels.csv (split column): train 6, val 3, test 3" in out.out + out.err

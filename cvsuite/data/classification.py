@@ -5,6 +5,7 @@ or ``|``, or several rows per path, make it multi-label)."""
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from cvsuite.data.common import (
     seeded_split,
 )
 from cvsuite.models.backbone import data_config
+
+log = logging.getLogger("cvsuite")
 
 
 @dataclass
@@ -65,11 +68,21 @@ def _split_labels(cell: str) -> list[str]:
     return [t for t in re.split(r"[;|\s]+", cell.strip()) if t]
 
 
-def read_csv(path: Path, class_names: list[str] | None = None) -> Samples:
-    """Rows of path,label; rows for one path are merged (multi-label). Names the row of any problem."""
+# Values of a CSV's optional `split` column, and the split each stands for.
+CSV_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def csv_splits(path: Path) -> list[str]:
+    """The splits a CSV's ``split`` column names (train, val, test, in that order); [] without the column."""
+    rows = _csv_rows(path)
+    return [s for s in ("train", "val", "test") if any(split == s for _, _, split, _ in rows)]
+
+
+def _csv_rows(path: Path) -> list[tuple[int, str, str | None, str]]:
+    """(line, path cell, split or None, label cell) of every non-empty row; errors name the line."""
     if not path.is_file():
         raise DatasetError(f"{path}: CSV file not found")
-    rows: dict[Path, list[str]] = {}
+    out = []
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -79,16 +92,37 @@ def read_csv(path: Path, class_names: list[str] | None = None) -> Samples:
         if "path" not in cols or "label" not in cols:
             raise DatasetError(f"{path}: header must name columns 'path' and 'label', found {header}")
         ip, il = cols.index("path"), cols.index("label")
+        isp = cols.index("split") if "split" in cols else None
         for lineno, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
-            if len(row) <= max(ip, il):
-                raise DatasetError(f"{path}:{lineno}: expected columns path,label, got {row}")
-            file = (path.parent / row[ip].strip()).resolve()
-            labels = _split_labels(row[il])
-            if not labels:
-                raise DatasetError(f"{path}:{lineno}: no label for {row[ip]}")
-            rows.setdefault(file, []).extend(x for x in labels if x not in rows.get(file, []))
+            if len(row) <= max(ip, il, isp or 0):
+                raise DatasetError(f"{path}:{lineno}: expected columns {', '.join(header)}, got {row}")
+            split = None
+            if isp is not None:
+                split = CSV_SPLITS.get(row[isp].strip().lower())
+                if split is None:
+                    raise DatasetError(
+                        f"{path}:{lineno}: split '{row[isp]}' is none of {', '.join(CSV_SPLITS)}; fix the row"
+                    )
+            out.append((lineno, row[ip], split, row[il]))
+    return out
+
+
+def read_csv(path: Path, class_names: list[str] | None = None, split: str | None = None) -> Samples:
+    """Rows of path,label; rows for one path are merged (multi-label). Names the row of any problem. With a
+    ``split`` column (train, val/valid/validation, test), only the rows of `split` are read (all when None)."""
+    rows: dict[Path, list[str]] = {}
+    lines: dict[Path, int] = {}
+    for lineno, cell, row_split, label in _csv_rows(path):
+        if split is not None and row_split is not None and row_split != split:
+            continue
+        file = (path.parent / cell.strip()).resolve()
+        labels = _split_labels(label)
+        if not labels:
+            raise DatasetError(f"{path}:{lineno}: no label for {cell}")
+        rows.setdefault(file, []).extend(x for x in labels if x not in rows.get(file, []))
+        lines.setdefault(file, lineno)
     names = class_names or sorted({x for labels in rows.values() for x in labels})
     index = {n: i for i, n in enumerate(names)}
     paths, labels, skipped = [], [], []
@@ -100,7 +134,10 @@ def read_csv(path: Path, class_names: list[str] | None = None) -> Samples:
                 "Fix the CSV or train with these classes."
             )
         if not file.is_file():
-            raise DatasetError(f"{path}: row for {file}: file does not exist. Fix the path or delete the row.")
+            raise DatasetError(
+                f"{path}:{lines[file]}: {file} does not exist (paths are relative to the CSV's folder). Fix the path "
+                "or delete the row."
+            )
         paths.append(file)
         labels.append([index[x] for x in names_of])
     return Samples(paths, labels, names, skipped)
@@ -132,6 +169,62 @@ def read_folders(root: Path, class_names: list[str] | None = None) -> Samples:
         paths += images
         labels += [[index[folder.name]]] * len(images)
     return Samples(paths, labels, names)
+
+
+@dataclass
+class ClassificationSplits:
+    """The splits as the data declares them: train always, val and test when it has them; `source` names a CSV's
+    ``split`` column when that decided them."""
+
+    train: Samples
+    val: Samples | None = None
+    test: Samples | None = None
+    source: str | None = None
+
+    def line(self) -> str | None:
+        """``splits from labels.csv (split column): train 80, val 20, test 10``; None for folders."""
+        if self.source is None:
+            return None
+        parts = (("train", self.train), ("val", self.val), ("test", self.test))
+        counts = ", ".join(f"{k} {len(v.paths)}" for k, v in parts if v is not None)
+        held = "" if self.val is not None else " (no val rows: a seeded data.val_fraction of train is held out)"
+        return f"splits from {self.source}: {counts}{held}"
+
+
+def read_samples(cfg: ClassificationDataConfig, class_names: list[str] | None = None) -> ClassificationSplits:
+    """Every split the data declares: CSVs (a ``split`` column in train_csv decides train/val/test unless
+    val_csv is given), or ROOT/train/ (and val/) class folders."""
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    if cfg.train_csv:
+        base = root or Path(".")
+        path = base / cfg.train_csv
+        train = read_csv(path, class_names, "train")
+        if cfg.val_csv:
+            return ClassificationSplits(train, read_csv(base / cfg.val_csv, train.class_names, "val"))
+        present = csv_splits(path)
+        if not present:
+            return ClassificationSplits(train)
+        if not train.paths:
+            raise DatasetError(f"{path}: the split column names no train rows; mark the training rows 'train'")
+        val = read_csv(path, train.class_names, "val") if "val" in present else None
+        test = read_csv(path, train.class_names, "test") if "test" in present else None
+        return ClassificationSplits(train, val, test, f"{cfg.train_csv} (split column)")
+    if root is None:
+        raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/<class>/ folders")
+    if not root.is_dir():
+        raise DatasetError(f"data.root {root} does not exist")
+    if not (root / "train").is_dir() and (root / "val").is_dir() and class_names:
+        # Evaluating a checkpoint on a ROOT that holds only val/: its classes are known already.
+        return ClassificationSplits(Samples([], [], list(class_names)), read_folders(root / "val", class_names))
+    if not (root / "train").is_dir():
+        raise DatasetError(
+            f"{root}: no train/ folder. Expected {root}/train/<class>/*.jpg (and optionally {root}/val/), "
+            "or set data.train_csv"
+        )
+    train = read_folders(root / "train", class_names)
+    return ClassificationSplits(
+        train, read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
+    )
 
 
 class ImageClassificationDataset(Dataset):
@@ -208,6 +301,7 @@ class ClassificationDataModule(ContractDataModule):
         self.val_set: ImageClassificationDataset | None = None
         self.skipped: list[tuple[Path, str]] = []
         self._image_loader: DataLoader | None = None
+        self._on_disk: ClassificationSplits | None = None
 
     def contract(self) -> dict[str, Any]:
         return {**super().contract(), "multilabel": bool(self.multilabel)}
@@ -223,29 +317,14 @@ class ClassificationDataModule(ContractDataModule):
         return augment.classification_eval(self.cfg.image_size, self.norm.mean, self.norm.std, self.norm.crop_pct)
 
     # ---- data --------------------------------------------------------------------------------------------
-    def _read(self) -> tuple[Samples, Samples | None]:
-        cfg = self.cfg
-        root = Path(cfg.root).expanduser() if cfg.root else None
-        if cfg.train_csv:
-            base = root or Path(".")
-            train = read_csv(base / cfg.train_csv, self.class_names)
-            val = read_csv(base / cfg.val_csv, train.class_names) if cfg.val_csv else None
-        else:
-            if root is None:
-                raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/<class>/ folders")
-            if not root.is_dir():
-                raise DatasetError(f"data.root {root} does not exist")
-            if not (root / "train").is_dir() and (root / "val").is_dir() and self.class_names:
-                # Evaluating a checkpoint on a ROOT that holds only val/: its classes are known already.
-                return Samples([], [], list(self.class_names)), read_folders(root / "val", self.class_names)
-            if not (root / "train").is_dir():
-                raise DatasetError(
-                    f"{root}: no train/ folder. Expected {root}/train/<class>/*.jpg (and optionally {root}/val/), "
-                    "or set data.train_csv"
-                )
-            train = read_folders(root / "train", self.class_names)
-            val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
-        return train, val
+    def on_disk(self) -> ClassificationSplits:
+        """The splits as the data declares them (read once)."""
+        if self._on_disk is None:
+            self._on_disk = read_samples(self.cfg, self.class_names)
+        return self._on_disk
+
+    def has_test_list(self) -> bool:
+        return self.on_disk().test is not None
 
     def _split(self) -> tuple[Samples, Samples]:
         folder = self.eval_folder()
@@ -254,10 +333,19 @@ class ClassificationDataModule(ContractDataModule):
                 raise DatasetError("--split test / data.val_root evaluate a trained model: give a checkpoint")
             val = read_folders(folder, self.class_names)
             return Samples([], [], val.class_names), val
-        train, val = self._read()
-        pool = _concat(train, val)
+        disk = self.on_disk()
+        if disk.source:
+            self.split_lists = disk.source
+            log.info("%s", disk.line())
+        if self.split == "test":  # the CSV's test rows (eval_folder found no ROOT/test/ to use)
+            if not self.class_names:
+                raise DatasetError("--split test evaluates a trained model: give a checkpoint")
+            return Samples([], [], disk.test.class_names), disk.test
+        train, val = disk.train, disk.val
+        pool = _concat(_concat(train, val), disk.test)
+        n_val = len(val.paths) if val is not None else 0
         if val is not None:
-            derived = range(len(train.paths), len(pool.paths))
+            derived = range(len(train.paths), len(train.paths) + n_val)
         else:
             _, derived = seeded_split(
                 len(train.paths), self.cfg.val_fraction, self.seed, [lab[0] for lab in train.labels]
@@ -267,6 +355,7 @@ class ClassificationDataModule(ContractDataModule):
             derived,
             key=lambda item: item[0],
             fingerprint=lambda item: f"{file_fingerprint(item[0])}:{sorted(item[1])}",
+            never_train=range(len(train.paths) + n_val, len(pool.paths)),  # the CSV's test rows
         )
         return _subset(pool, tr), _subset(pool, va)
 

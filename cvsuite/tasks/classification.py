@@ -268,22 +268,20 @@ def export(module: ClassificationTask, cfg) -> Exported:
 
 def read_dataset(cfg, report) -> None:
     """`cvsuite check`: class folders or CSVs, as `ClassificationDataModule` reads them."""
-    from cvsuite.data.classification import read_csv, read_folders
+    from cvsuite.data.classification import read_samples
     from cvsuite.doctor import Item, data_root
 
-    root = data_root(cfg)
+    data_root(cfg)
     d = cfg.data
-    if d.train_csv:
-        train = read_csv(root / d.train_csv, d.class_names)
-        val = read_csv(root / d.val_csv, train.class_names) if d.val_csv else None
-    else:
-        train = read_folders(root / "train", d.class_names)
-        val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
+    disk = read_samples(d, d.class_names)
+    train, val = disk.train, disk.val
     report.class_names = train.class_names
-    report.splits["train"] = [Item(p, list(lab)) for p, lab in zip(train.paths, train.labels)]
-    if val is not None:
-        report.splits["val"] = [Item(p, list(lab)) for p, lab in zip(val.paths, val.labels)]
-    else:
+    for split, s in (("train", train), ("val", val), ("test", disk.test)):
+        if s is not None:
+            report.splits[split] = [Item(p, list(lab)) for p, lab in zip(s.paths, s.labels)]
+    if disk.line():
+        report.notes.append(disk.line())
+    elif val is None:
         report.warnings.append(f"no val split: {d.val_fraction:.0%} of train is held out (data.val_fraction)")
 
 
