@@ -173,22 +173,24 @@ def read_folders(root: Path, class_names: list[str] | None = None) -> Samples:
 
 @dataclass
 class ClassificationSplits:
-    """The splits as the data declares them: train always, val and test when it has them; `source` names a CSV's
-    ``split`` column when that decided them."""
+    """The splits as the data declares them: train always, val and test when it has them. `lists`: a CSV's
+    ``split`` column when that decided them; `source`: where they came from otherwise (folders, CSV files)."""
 
     train: Samples
     val: Samples | None = None
     test: Samples | None = None
+    lists: str | None = None
     source: str | None = None
 
     def line(self) -> str | None:
-        """``splits from labels.csv (split column): train 80, val 20, test 10``; None for folders."""
-        if self.source is None:
+        """``splits from labels.csv (split column): train 80, val 20, test 10``, ``splits from folders train/,
+        val/: ...``; None without a val split (the seeded split says so itself) unless a CSV's column decided."""
+        if not self.train.paths or (self.lists is None and (self.val is None or self.source is None)):
             return None
         parts = (("train", self.train), ("val", self.val), ("test", self.test))
         counts = ", ".join(f"{k} {len(v.paths)}" for k, v in parts if v is not None)
         held = "" if self.val is not None else " (no val rows: a seeded data.val_fraction of train is held out)"
-        return f"splits from {self.source}: {counts}{held}"
+        return f"splits from {self.lists or self.source}: {counts}{held}"
 
 
 def read_samples(cfg: ClassificationDataConfig, class_names: list[str] | None = None) -> ClassificationSplits:
@@ -200,7 +202,8 @@ def read_samples(cfg: ClassificationDataConfig, class_names: list[str] | None = 
         path = base / cfg.train_csv
         train = read_csv(path, class_names, "train")
         if cfg.val_csv:
-            return ClassificationSplits(train, read_csv(base / cfg.val_csv, train.class_names, "val"))
+            val = read_csv(base / cfg.val_csv, train.class_names, "val")
+            return ClassificationSplits(train, val, source=f"{cfg.train_csv}, {cfg.val_csv}")
         present = csv_splits(path)
         if not present:
             return ClassificationSplits(train)
@@ -208,7 +211,7 @@ def read_samples(cfg: ClassificationDataConfig, class_names: list[str] | None = 
             raise DatasetError(f"{path}: the split column names no train rows; mark the training rows 'train'")
         val = read_csv(path, train.class_names, "val") if "val" in present else None
         test = read_csv(path, train.class_names, "test") if "test" in present else None
-        return ClassificationSplits(train, val, test, f"{cfg.train_csv} (split column)")
+        return ClassificationSplits(train, val, test, lists=f"{cfg.train_csv} (split column)")
     if root is None:
         raise DatasetError("data.root is not set: give --data.root ROOT with ROOT/train/<class>/ folders")
     if not root.is_dir():
@@ -222,9 +225,8 @@ def read_samples(cfg: ClassificationDataConfig, class_names: list[str] | None = 
             "or set data.train_csv"
         )
     train = read_folders(root / "train", class_names)
-    return ClassificationSplits(
-        train, read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
-    )
+    val = read_folders(root / "val", train.class_names) if (root / "val").is_dir() else None
+    return ClassificationSplits(train, val, source="folders train/, val/")
 
 
 class ImageClassificationDataset(Dataset):
@@ -334,8 +336,8 @@ class ClassificationDataModule(ContractDataModule):
             val = read_folders(folder, self.class_names)
             return Samples([], [], val.class_names), val
         disk = self.on_disk()
-        if disk.source:
-            self.split_lists = disk.source
+        if disk.lists:
+            self.split_lists = disk.lists
             log.info("%s", disk.line())
         if self.split == "test":  # the CSV's test rows (eval_folder found no ROOT/test/ to use)
             if not self.class_names:

@@ -160,10 +160,16 @@ class OnDisk:
         return {k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
 
     def line(self) -> str | None:
-        """``splits from data.yaml: train 142, val 41, test 20`` for split lists; None for folders."""
-        if self.lists is None:
+        """``splits from data.yaml: train 142, val 41, test 20`` for split lists, ``splits from folders train/,
+        val/: ...`` for split folders; None without a val split (the seeded split says so itself)."""
+        counts = {k: len(v.records) for k, v in self.splits().items()}
+        if self.lists is not None:
+            return self.lists.line(counts)
+        if self.val is None or not self.train.records:
             return None
-        return self.lists.line({k: len(v.records) for k, v in self.splits().items()})
+        return f"splits from folders {', '.join(f'{k}/' for k in counts)}: " + ", ".join(
+            f"{k} {n}" for k, n in counts.items()
+        )
 
 
 def read_args(cfg: DetectionDataConfig) -> dict[str, Any]:

@@ -355,13 +355,18 @@ class OnDisk:
     val: Split | None = None
     test: Split | None = None
     lists: SplitLists | None = None
+    source: str | None = None  # without lists: "folders train/, val/" or the COCO files
 
     def line(self) -> str | None:
-        """``splits from splits/{train,val}.txt: train 58, val 14`` for split lists; None otherwise."""
-        if self.lists is None:
-            return None
+        """``splits from splits/{train,val}.txt: train 58, val 14`` for split lists, ``splits from <source>:
+        ...`` for split folders or COCO files; None without a val split (the seeded split says so itself)."""
         splits = (("train", self.train), ("val", self.val), ("test", self.test))
-        return self.lists.line({k: len(v.samples) for k, v in splits if v is not None})
+        counts = {k: len(v.samples) for k, v in splits if v is not None}
+        if self.lists is not None:
+            return self.lists.line(counts)
+        if self.val is None or not self.train.samples or not self.source:
+            return None
+        return f"splits from {self.source}: " + ", ".join(f"{k} {n}" for k, n in counts.items())
 
 
 LIST_FOLDERS = ("splits", "ImageSets/Segmentation", "ImageSets/Main")
@@ -384,7 +389,8 @@ def read_on_disk(cfg: SegmentationDataConfig) -> OnDisk:
         val = read_coco(root / cfg.val_annotations, val_dir or root, cfg) if cfg.val_annotations else None
         if val is not None and val.category_ids != train.category_ids:
             raise DatasetError(f"{cfg.val_annotations}: categories differ from {cfg.train_annotations}")
-        return OnDisk(train, val)
+        files = ", ".join(f for f in (cfg.train_annotations, cfg.val_annotations) if f)
+        return OnDisk(train, val, source=files)
     folder = find_id_lists(root, LIST_FOLDERS) if train_dir == root else None
     if folder is not None:
         images_dir = _find_dir(root, cfg.images_dir, IMAGE_DIRS, "image", "images_dir")
@@ -392,7 +398,8 @@ def read_on_disk(cfg: SegmentationDataConfig) -> OnDisk:
         lists = read_id_lists(folder, images_dir, root)
         splits = {s: Split(pair_masks(files, images_dir, masks_dir, cfg)[0]) for s, files in lists.files.items()}
         return OnDisk(splits["train"], splits.get("val"), splits.get("test"), lists)
-    return OnDisk(read_mask_folder(train_dir, cfg), read_mask_folder(val_dir, cfg) if val_dir is not None else None)
+    val = read_mask_folder(val_dir, cfg) if val_dir is not None else None
+    return OnDisk(read_mask_folder(train_dir, cfg), val, source="folders train/, val/")
 
 
 def read_splits(cfg: SegmentationDataConfig) -> tuple[Split, Split | None]:
