@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cvsuite.config import FinetuneConfig, OptimConfig, from_dict, load_config
+from cvsuite.config import ConfigError, FinetuneConfig, OptimConfig, from_dict, load_config
 from cvsuite.metrics.generation import BackboneFeatures, feature_network
 from cvsuite.models.backbone import create_backbone
 from cvsuite.run import train
@@ -263,6 +263,13 @@ def test_train_resume_eval_generate(tmp_path, capsys, monkeypatch):
     tools.generate.main(["--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), "--num", "2", "--output", str(by_hand),
                          "--seed", "3"])  # fmt: skip
     assert np.array_equal(np.asarray(Image.open(best / "00001.png")), np.asarray(Image.open(by_hand / "00001.png")))
+
+
+def test_g_upsample_is_for_fastgan_only_and_old_checkpoints_keep_nearest():
+    assert tiny_task(g_upsample="bilinear").generator.ups["8"][0].mode == "bilinear"
+    assert tiny_task().generator.ups["8"][0].mode == "nearest"  # hparams without the key: as trained before it
+    with pytest.raises(ConfigError, match="model.g_upsample applies to the fastgan generator only"):
+        tiny_task(generator="dcgan", g_upsample="bilinear")
 
 
 def test_run_ema_is_refused_for_the_gan(tmp_path):

@@ -57,6 +57,7 @@ class GenerationModelConfig:
     projection: Literal["fixed", "learned"] = "fixed"  # 1x1 projections: random (paper: weaker early D) | learned
     latent_dim: int = 128
     g_channels: int = 8  # generator width at the output resolution, doubled per halving (dcgan: its ngf, e.g. 32)
+    g_upsample: Literal["nearest", "bilinear"] | None = None  # fastgan's upsampling; null = nearest (FastGAN's)
     d_channels: int = 32  # discriminator width (first projection, or first DCGAN layer)
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     diffaugment: str = "color,translation,cutout"  # DiffAugment policy for real and fake images; "" = off
@@ -142,6 +143,7 @@ class GenerationTask(TaskModule):
         projection: str = "fixed",
         latent_dim: int = 128,
         g_channels: int = 8,
+        g_upsample: str | None = None,
         d_channels: int = 32,
         loss: str = "hinge",
         diffaugment: str = "color,translation,cutout",
@@ -167,10 +169,17 @@ class GenerationTask(TaskModule):
         self.automatic_optimization = False
         _check_no_finetune(optim, finetune)
         _check_feature_networks(feature_network, feature_weights, extra_feature_networks)
+        if g_upsample and generator != "fastgan":
+            raise ConfigError(f"model.g_upsample applies to the fastgan generator only, not {generator}: remove it")
         discriminator_loss([torch.zeros(1)], [torch.zeros(1)], loss)  # fail on an unknown loss now, not at step 1
         self.num_classes = len(class_names) if class_names else 0
         self.generator = create_generator(
-            generator, image_size=image_size, latent_dim=latent_dim, channels=g_channels, num_classes=self.num_classes
+            generator,
+            image_size=image_size,
+            latent_dim=latent_dim,
+            channels=g_channels,
+            num_classes=self.num_classes,
+            **({"upsample": g_upsample} if g_upsample else {}),
         )
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         if discriminator == "projected":
