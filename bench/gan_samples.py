@@ -2,8 +2,12 @@
 tiling artefacts, each at the same wall-clock budget, one after the other, scored in the recipe's metric network
 (FID's Inception-v3; the discriminator's own lite0 space beside it).
 
-    python bench/gan_samples.py --set raccoon|sunrise [--budget 10min] [--variants recipe bilinear d128]
-                                [--data ../shared/data] [--out FOLDER]
+    python bench/gan_samples.py --set raccoon|sunrise [--budget 10min | --images 4800]
+                                [--variants nearest bilinear fixed d128] [--data ../shared/data] [--out FOLDER]
+
+``--budget``: the same wall-clock budget for each (the planner sizes epochs and validations). ``--images N``: the
+same number of training images for each instead (epochs of 1,600 images, validated after the last one only): the
+fair comparison on a machine whose speed other jobs change from minute to minute.
 
 Sets: ``raccoon`` is every annotated raccoon of ``raccoon/`` cropped to a square around its box at 64 px (217
 crops); ``sunrise`` is the 200 photos of ``sunrise_gan/images`` (centre-cropped to 64 px by the data module).
@@ -12,6 +16,7 @@ Variants (``configs/generation/fewshot.yaml`` plus):
     recipe     nothing
     nearest    --model.g_upsample nearest (FastGAN's upsampling)
     bilinear   --model.g_upsample bilinear
+    fixed      --model.ada_target null: DiffAugment on every image instead of ADA's adaptive probability
     d128       --model.d_input_size 128: the discriminator's backbone sees the images at 128 px, where its stride-32
                features form a 4x4 map of object-sized receptive fields (2x2 at 64 px)
 
@@ -33,15 +38,19 @@ VARIANTS = {
     "recipe": [],
     "nearest": ["--model.g_upsample", "nearest"],
     "bilinear": ["--model.g_upsample", "bilinear"],
+    "fixed": ["--model.ada_target", "null"],
     "d128": ["--model.d_input_size", "128"],
 }
+EPOCH_IMAGES = 1600
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=["raccoon", "sunrise"], required=True)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--budget", default="10min")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--budget", default="10min")
+    length.add_argument("--images", type=int, help="training images per variant (a multiple of 1600)")
     p.add_argument("--variants", nargs="+", default=["nearest", "bilinear"], choices=list(VARIANTS))
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -51,10 +60,17 @@ def main() -> None:
         root = write_gan_crops(data / "raccoon", out / "crops")
     else:
         root = data / "sunrise_gan" / "images"
-    print(f"data: {root} ({len(list(root.iterdir()))} images); budget {args.budget} per variant", flush=True)
+    if args.images:
+        epochs = str(max(1, args.images // EPOCH_IMAGES))
+        length = ["--data.images_per_epoch", str(EPOCH_IMAGES), "--trainer.max_epochs", epochs,
+                  "--trainer.check_val_every_n_epoch", epochs]  # fmt: skip
+        what = f"{int(epochs) * EPOCH_IMAGES} training images"
+    else:
+        length, what = ["--run.budget", args.budget], f"budget {args.budget}"
+    print(f"data: {root} ({len(list(root.iterdir()))} images); {what} per variant", flush=True)
     rows = []
     for name in args.variants:
-        seconds, run_dir, _ = train_tool(RECIPE, root, out / name, "--run.budget", args.budget, *VARIANTS[name])
+        seconds, run_dir, _ = train_tool(RECIPE, root, out / name, *length, *VARIANTS[name])
         m = metrics(run_dir)
         with (run_dir / "metrics.csv").open() as fh:
             epochs = len(list(csv.DictReader(fh)))
