@@ -12,7 +12,7 @@ fair comparison on a machine whose speed other jobs change from minute to minute
 Sets: ``raccoon`` is every annotated raccoon of ``raccoon/`` cropped to a square around its box at 64 px (217
 crops); ``sunrise`` is the 200 photos of ``sunrise_gan/images`` (centre-cropped to 64 px by the data module).
 
-Variants (``configs/generation/fewshot.yaml`` plus):
+Variants (``configs/generation/fewshot.yaml`` plus; ``bilinear+d128`` combines two):
     recipe     nothing
     nearest    --model.g_upsample nearest (FastGAN's upsampling)
     bilinear   --model.g_upsample bilinear
@@ -51,7 +51,7 @@ def main() -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--budget", default="10min")
     length.add_argument("--images", type=int, help="training images per variant (a multiple of 1600)")
-    p.add_argument("--variants", nargs="+", default=["nearest", "bilinear"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["nearest", "bilinear"], help=f"{', '.join(VARIANTS)}; a+b: both")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix=f"cvsuite-gan-{args.set}-"))
@@ -70,7 +70,8 @@ def main() -> None:
     print(f"data: {root} ({len(list(root.iterdir()))} images); {what} per variant", flush=True)
     rows = []
     for name in args.variants:
-        seconds, run_dir, _ = train_tool(RECIPE, root, out / name, *length, *VARIANTS[name])
+        overrides = [arg for part in name.split("+") for arg in VARIANTS[part]]
+        seconds, run_dir, _ = train_tool(RECIPE, root, out / name, *length, *overrides)
         m = metrics(run_dir)
         with (run_dir / "metrics.csv").open() as fh:
             epochs = len(list(csv.DictReader(fh)))
