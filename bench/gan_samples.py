@@ -52,6 +52,7 @@ def main() -> None:
     length.add_argument("--budget", default="10min")
     length.add_argument("--images", type=int, help="training images per variant (a multiple of 1600)")
     p.add_argument("--variants", nargs="+", default=["nearest", "bilinear"], help=f"{', '.join(VARIANTS)}; a+b: both")
+    p.add_argument("--seed", type=int, default=None, help="run.seed (the recipe's: 42)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix=f"cvsuite-gan-{args.set}-"))
@@ -71,6 +72,7 @@ def main() -> None:
     rows = []
     for name in args.variants:
         overrides = [arg for part in name.split("+") for arg in VARIANTS[part]]
+        overrides += ["--run.seed", str(args.seed)] if args.seed is not None else []
         seconds, run_dir, _ = train_tool(RECIPE, root, out / name, *length, *overrides)
         m = metrics(run_dir)
         with (run_dir / "metrics.csv").open() as fh:
