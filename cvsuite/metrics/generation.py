@@ -112,7 +112,11 @@ class InceptionFeatures(nn.Module):
             raise ConfigError(f"model.feature_input_size: {INCEPTION} takes 299 px images only, got {input_size}")
         path = find_inception_torchscript(weights)
         try:
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+            with warnings.catch_warnings():
+                # Recent torch marks torch.jit.load deprecated (torch.export replaces it for new models); the wheel has
+                # TorchScript only. If torch ever drops it, rebuild the 2015 graph in eager PyTorch from these tensors.
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except RuntimeError as err:
             raise WeightsNotFoundError(
                 f"model.feature_weights: {path} is not a TorchScript Inception file ({err})"
