@@ -8,8 +8,9 @@ after the other (so they do not compete for the CPU).
 
 Variants: ``fixed`` is DiffAugment on every image (``--model.ada_target null``); ``ada`` applies each transform with
 a probability p steered by the discriminator's overfitting (``--model.ada_target T``). Prints FID at each validated
-epoch (with the epoch's r_t = E[sign D(real)] and mean p), then one row per variant: best FID (the checkpoint
-generate.py uses), its epoch, KID there, the final p, epochs, images seen and wall time.
+epoch (the recipe's metric network, FID's Inception, and the discriminator's own lite0 space beside it, with the
+epoch's r_t = E[sign D(real)] and mean p), then one row per variant: best FID (the checkpoint generate.py uses), its
+epoch, KID and lite0 FID there, the final p, epochs, images seen and wall time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 from train_tool import REPO, metrics, train_tool, write_gan_crops
 
 RECIPE = "configs/generation/fewshot.yaml"
+LITE0 = "val_fid_tf_efficientnet_lite0"  # the extra column: FID in the discriminator's own feature space
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:
@@ -46,6 +48,7 @@ def run(name: str, root: Path, out: Path, budget: str, ada_settings: list[str]) 
         "best_fid": float(best["val_fid"]),
         "best_epoch": int(best["epoch"]),
         "best_kid": float(best["val_kid"]),
+        "best_fid_lite0": float(best.get(LITE0) or "nan"),
         "final_p": None if p is None else float(p),
         "epochs": len(rows),
         "images": len(rows) * yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["images_per_epoch"],
@@ -74,16 +77,17 @@ def main() -> None:
                "--model.ada_ramp_images", str(args.ramp)]  # fmt: skip
         r = run(name, root, out, args.budget, ada)
         results.append(r)
-        print(f"\n{name} ({r['run_dir']}): epoch, val_fid, val_kid, ada_rt, ada_p (epoch mean)")
+        print(f"\n{name} ({r['run_dir']}): epoch, val_fid, val_kid, fid lite0, ada_rt, ada_p (epoch mean)")
         for row in r["rows"]:
-            cells = [row["epoch"]] + [row.get(k) or "-" for k in ("val_fid", "val_kid", "ada_rt", "ada_p")]
+            cells = [row["epoch"]] + [row.get(k) or "-" for k in ("val_fid", "val_kid", LITE0, "ada_rt", "ada_p")]
             print("  " + "  ".join(f"{c:>10}" if len(c) < 10 else c[:10] for c in cells), flush=True)
-    print("\n| variant | best FID | at epoch | KID there | final p | epochs | images seen | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| variant | best FID | at epoch | KID there | FID lite0 there | final p | epochs | images seen | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         final_p = "-" if r["final_p"] is None else f"{r['final_p']:.3f}"
         print(
-            f"| {r['variant']} | {r['best_fid']:.1f} | {r['best_epoch']} | {r['best_kid']:.4f} | {final_p} | "
+            f"| {r['variant']} | {r['best_fid']:.1f} | {r['best_epoch']} | {r['best_kid']:.4f} | "
+            f"{r['best_fid_lite0']:.1f} | {final_p} | "
             f"{r['epochs']} | {r['images']} | {r['wall_s']:.0f} |"
         )
 

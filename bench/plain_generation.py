@@ -2,8 +2,9 @@
 normalised convolutional discriminator; 32 channels at 32 px, doubling per halving: half the usual 64, whose steps
 take seconds on 2 CPU cores), hinge loss, Adam, with DiffAugment (colour, translation, cutout on real and fake images
 before the discriminator, the standard few-shot fix), trained in a hand-written loop for a wall-clock budget. Scored
-by cvsuite's GenerationMetrics: FID and KID in tf_efficientnet_lite0's feature space, as many generated images as real
-ones, against every real image (the recipe's reference set).
+by cvsuite's GenerationMetrics as the recipe is: FID and KID in FID's Inception-v3 features (``inception_2015``), with
+tf_efficientnet_lite0's space as the extra column, as many generated images as real ones, against every real image
+(the recipe's reference set).
 
 ROOT: a folder of images (decoded once, resized to 64 x 64, scaled to [-1, 1], random horizontal flips); batch 32;
 one discriminator then one generator step per batch; Adam 2e-4, betas (0.5, 0.999), constant (as the recipe's GAN);
@@ -24,7 +25,8 @@ from plain_common import TimeSchedule, arguments, finish, setup, timed
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from cvsuite.metrics.generation import BackboneFeatures, GenerationMetrics
+from cvsuite.metrics.generation import INCEPTION, GenerationMetrics, feature_network
+from cvsuite.models.backbone import DEFAULT_BACKBONE
 
 Z = 128
 
@@ -91,7 +93,7 @@ def main() -> None:
     setup(args)
     real = read_images(Path(args.root), args.image_size)
     g, d = generator(), discriminator()
-    metrics = GenerationMetrics(BackboneFeatures("tf_efficientnet_lite0"))
+    metrics = GenerationMetrics(feature_network(INCEPTION), extra=[feature_network(DEFAULT_BACKBONE)])
     _, probe = timed(evaluate, g, real[:50], metrics)
     schedule = TimeSchedule(None, args.started, args.budget_s, eval_s=probe * len(real) / len(real[:50]))
     opt_g = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))

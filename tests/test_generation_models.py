@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from cvsuite.config import ChoiceError
 from cvsuite.data.common import DatasetError
 from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule, RepeatSampler
 from cvsuite.metrics.generation import INCEPTION_FILE, BackboneFeatures, GenerationMetrics, find_inception_weights
@@ -35,6 +37,20 @@ def test_generator_output_shape_and_range(name, size):
     out = g(torch.randn(2, 8), torch.tensor([0, 2]))
     assert out.shape == (2, 3, size, size)
     assert out.abs().max() <= 1
+
+
+def test_fastgan_upsampling_choice_keeps_the_weights_and_changes_only_the_interpolation():
+    torch.manual_seed(0)
+    nearest = create_generator("fastgan", image_size=32, latent_dim=8, channels=2).eval()
+    bilinear = create_generator("fastgan", image_size=32, latent_dim=8, channels=2, upsample="bilinear").eval()
+    bilinear.load_state_dict(nearest.state_dict())  # same parameters: a checkpoint loads into either
+    z = torch.randn(2, 8)
+    a, b = nearest(z), bilinear(z)
+    assert a.shape == b.shape == (2, 3, 32, 32) and not torch.allclose(a, b)
+    assert {m.mode for m in bilinear.modules() if isinstance(m, nn.Upsample)} == {"bilinear"}
+    assert {m.mode for m in nearest.modules() if isinstance(m, nn.Upsample)} == {"nearest"}  # FastGAN's, the default
+    with pytest.raises(ChoiceError, match="model.g_upsample: unknown 'bicubic'. Choose one of nearest, bilinear"):
+        create_generator("fastgan", image_size=32, upsample="bicubic")
 
 
 def test_generator_rejects_bad_size_and_name():

@@ -27,6 +27,9 @@ def _check_size(image_size: int) -> int:
     return levels
 
 
+UPSAMPLING = ("nearest", "bilinear")
+
+
 # ---- generators ----------------------------------------------------------------------------------------------
 class _SkipExcitation(nn.Module):
     """FastGAN's skip-layer excitation: a low-resolution map gates the channels of a high-resolution one."""
@@ -46,8 +49,8 @@ class _SkipExcitation(nn.Module):
 
 
 class FastGANGenerator(nn.Module):
-    """A light FastGAN-style decoder (Liu et al., 2021): nearest upsampling, conv, BatchNorm and GLU per doubling,
-    plus skip-layer excitation from the map 8x smaller into every map of 32 px and up.
+    """A light FastGAN-style decoder (Liu et al., 2021): upsampling, conv, BatchNorm and GLU per doubling, plus
+    skip-layer excitation from the map 8x smaller into every map of 32 px and up.
 
     It maps noise to pixels, the opposite direction of an ImageNet encoder, so it cannot reuse the pretrained
     backbone and is trained from scratch: the backbone serves the discriminator and the metrics, not the generator.
@@ -57,6 +60,9 @@ class FastGANGenerator(nn.Module):
         latent_dim: length of the noise vector.
         channels: width at the output resolution; doubled per halving of the resolution, capped at `max_channels`.
         num_classes: > 0 makes it class-conditional (a class embedding is concatenated to the noise).
+        upsample: "nearest" (FastGAN's) copies each pixel into a 2x2 block, which a light generator early in
+            training leaves visible as a grid over the whole image; "bilinear" interpolates instead (same weights,
+            same cost).
     """
 
     def __init__(
@@ -66,8 +72,11 @@ class FastGANGenerator(nn.Module):
         channels: int = 32,
         max_channels: int = 256,
         num_classes: int = 0,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
+        if upsample not in UPSAMPLING:
+            raise ChoiceError(f"model.g_upsample: unknown '{upsample}'. Choose one of {', '.join(UPSAMPLING)}")
         levels = _check_size(image_size)
         self.image_size, self.latent_dim, self.num_classes = image_size, latent_dim, num_classes
         width = {2**i: min(max_channels, channels * image_size // 2**i) for i in range(2, levels + 1)}
@@ -81,7 +90,7 @@ class FastGANGenerator(nn.Module):
         for i in range(3, levels + 1):
             r = 2**i
             self.ups[str(r)] = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Upsample(scale_factor=2, mode=upsample),
                 nn.Conv2d(width[r // 2], width[r] * 2, 3, padding=1, bias=False),
                 nn.BatchNorm2d(width[r] * 2),
                 nn.GLU(dim=1),

