@@ -22,7 +22,7 @@ from pathlib import Path
 from recipes import build_data
 from train_tool import REPO
 
-from cvsuite.budget import _probe_trainer, _StepTimer, measure
+from probe import _probe_trainer, _StepTimer, measure
 from cvsuite.config import load_config
 from cvsuite.tasks import get_spec
 
