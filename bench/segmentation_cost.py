@@ -16,10 +16,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from probe import measure
 from recipes import write_segmentation_split
 from train_tool import REPO, metrics, train_tool
 
-from probe import measure
 from cvsuite.config import load_config
 from cvsuite.tasks import get_spec
 

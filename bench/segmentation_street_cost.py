@@ -136,6 +136,7 @@ def write_street_proxy(root: Path, seed: int = 0) -> Path:
 # ---- --probe ---------------------------------------------------------------------------------------------------
 def probe(root: Path, steps: int, rounds: int) -> None:
     from probe import checkpoint_seconds, measure
+
     from cvsuite.config import load_config
     from cvsuite.tasks import get_spec
 

@@ -244,7 +244,8 @@ def test_resume_alone_is_a_whole_command_and_refuses_a_changed_recipe(tmp_path, 
     run_dir = train(from_dict(recipe))
     last = run_dir / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError) as info:
-        resume_config(last, overrides=["--data.image_size", "48", "--data.batch_size", "4", "--trainer.max_epochs", "3"])
+        changed = ["--data.image_size", "48", "--data.batch_size", "4", "--trainer.max_epochs", "3"]
+        resume_config(last, overrides=changed)
     assert str(info.value).startswith("data.image_size, data.batch_size: --resume continues the checkpoint's own")
     moved = tmp_path / "moved"
     data.rename(moved)
