@@ -206,20 +206,24 @@ class BudgetClock(Callback):
     def describe(self, now: float) -> str:
         """The printed plan: when training ends, what is kept for after it, the schedule's shape."""
         clock = self.clock
-        floor = self.optim.get("min_lr_ratio", 0.0) if self.optim.get("scheduler") == "cosine" else None
-        shape = [f"warm-up {self.shares.warmup:.0%}"] if self.shares.warmup else []
+        phases = [f"warm-up {self.shares.warmup:.0%}"] if self.shares.warmup else []
         if self.finetune.get("freeze_backbone"):
-            shape.append("backbone frozen")
+            phases.append("backbone frozen")
         elif self.shares.freeze:
-            shape.append(f"backbone frozen {self.shares.freeze:.0%}")
-        if floor is not None:
-            shape.append(f"cosine to {floor:g}x lr")
-        done = f", {self.progress:.0%} of it done before" if self.progress else ""
+            phases.append(f"backbone frozen {self.shares.freeze:.0%}")
+        shape = " and ".join(phases) + " of that time" if phases else "no warm-up"
+        if self.optim.get("scheduler") == "cosine":
+            shape += f", cosine to {self.optim.get('min_lr_ratio', 0.0):g}x lr"
+        done = f", {self.progress:.0%} of the schedule done before" if self.progress else ""
+        left = clock.train_end - now
         until = datetime.fromtimestamp(clock.train_end)
+        if left <= 0:
+            when = f"has no training time left ({format_duration(-left)} short): one step"
+        else:
+            when = f"trains until ~{until:%H:%M:%S} ({format_duration(left)}{done})"
         return (
-            f"budget plan: {format_duration(self.budget_s)}, trains until ~{until:%H:%M:%S} "
-            f"({format_duration(clock.train_end - now)}{done}), keeps {format_duration(clock.reserve)} for the final "
-            f"evaluation and exit; {', '.join(shape) or 'constant lr'} of the time; validates by time and at the end"
+            f"budget plan: {format_duration(self.budget_s)}, {when}, keeps {format_duration(clock.reserve)} for the "
+            f"final evaluation and exit; {shape}; validation by time and at the end"
         )
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:

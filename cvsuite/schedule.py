@@ -72,7 +72,10 @@ class Shares(NamedTuple):
 def _share(share: float | None, epochs: float, total: int, key: str, epochs_key: str) -> float:
     if share is not None:
         if epochs:
-            raise ConfigError(f"{key} and {epochs_key} are both set; give the phase once (a share is the rule now)")
+            raise ConfigError(
+                f"{key} and {epochs_key} are both set; give the phase once: a share of the schedule, or epochs "
+                f"with --{key} null"
+            )
         if not 0.0 <= share < 1.0:
             raise ConfigError(f"{key} must be a share of the schedule in [0, 1), got {share}")
         return float(share)
