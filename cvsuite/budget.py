@@ -196,9 +196,12 @@ class BudgetClock(Callback):
         self.train_started = self._last = self._last_val = now
         trainer.fit_loop.max_epochs = max(trainer.current_epoch + 1, 10**6)  # the clock stops training
         trainer.val_check_batch = NEVER
-        if self.clock.progress >= 1.0:
+        finished = bool(self.stored) and float(self.stored["progress"]) >= 1.0
+        progress, finished = self._rank_zero(trainer, self.clock.progress, finished)
+        self.clock.progress = progress
+        if finished:  # a finished schedule resumed (every rank stops before its first step, as rank 0 decided)
             log.info("budget: the schedule of this checkpoint is complete; evaluating it")
-            trainer.should_stop = True
+            self.stopped = trainer.should_stop = True
             return
         if trainer.is_global_zero:
             log.info(self.describe(now))
@@ -313,6 +316,7 @@ class BudgetClock(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         now = self._epoch_end = time.time()
         if trainer.should_stop:
+            trainer.fit_loop.max_epochs = trainer.current_epoch + 1  # the epoch line reads "epoch 6/6"
             return
         # The Trainer's epoch count is the clock's estimate (what the progress bar and epoch lines show); training
         # goes on until the clock stops it, however many epochs that is.
