@@ -233,6 +233,17 @@ def test_a_one_batch_set_follows_the_clock_too(tmp_path):
     assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
 
 
+def test_cached_features_keep_their_whole_frozen_epoch_under_a_budget(tmp_path):
+    """finetune.cache_features: the frozen phase stays a whole epoch on cached features (a share of 3 recipe epochs
+    rounds to one), then the clock drives the image epochs to the floor."""
+    recipe = _recipe(tmp_path, "20s", per_class=4, finetune={"cache_features": True}, trainer={"max_epochs": 3})
+    run_dir = train(from_dict(recipe), started=time.time())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "deadline" and metrics["epochs_done"] > 1
+    rows = _rows(run_dir)
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+
+
 def _clock_state(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return next(v for k, v in ckpt["callbacks"].items() if "BudgetClock" in k)
