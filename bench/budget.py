@@ -35,22 +35,22 @@ LOAD_AFTER_S = 30  # the two CPU-bound neighbours start this long after the run
 BURN = "import time\nend = time.time() + {s}\nwhile time.time() < end:\n    pass\n"
 
 
-def data_root(name: str, work: Path) -> Path:
+def data_root(name: str, work: Path, shared: Path) -> Path:
     if name == "weather4":
-        return SHARED / "weather4"
+        return shared / "weather4"
     root = work / "data" / name
     if not root.exists():
         if name == "raccoon":
-            write_detection_split(SHARED / "raccoon", root)
+            write_detection_split(shared / "raccoon", root)
         else:
-            write_segmentation_split(SHARED / "membrane", root)
+            write_segmentation_split(shared / "membrane", root)
     return root
 
 
-def run_case(name: str, budget: str, load: str, work: Path) -> dict:
+def run_case(name: str, budget: str, load: str, work: Path, shared: Path) -> dict:
     recipe, metric = SETS[name]
     out = work / "runs" / f"{name}-{budget}-{load}"
-    cmd = [sys.executable, "tools/train.py", "--config", recipe, "--data.root", str(data_root(name, work)),
+    cmd = [sys.executable, "tools/train.py", "--config", recipe, "--data.root", str(data_root(name, work, shared)),
            "--trainer.default_root_dir", str(out), "--quiet", "--run.budget", budget]  # fmt: skip
     budget_s = parse_duration(budget)
     load_before = os.getloadavg()[0]
@@ -116,6 +116,7 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", default=["90s", "3min", "10min"])
     p.add_argument("--loads", nargs="+", default=["idle", "load"], choices=["idle", "load"])
     p.add_argument("--work", default="/tmp/cvsuite-budget", help="data splits, runs and results/ (kept)")
+    p.add_argument("--shared", default=str(SHARED), help="the real sets (default: ../shared/data)")
     args = p.parse_args()
     work = Path(args.work)
     results_dir = work / "results"
@@ -127,9 +128,12 @@ def main() -> None:
                 if path.exists():
                     print(f"{path.name}: done before, kept", file=sys.stderr)
                     continue
-                result = run_case(name, budget, load, work)
-                path.write_text(json.dumps(result, indent=1))
+                result = run_case(name, budget, load, work, Path(args.shared))
                 print(f"{path.name}: {result['wall_s']} s, pass {result['pass']}  {result['end']}", file=sys.stderr)
+                if result["returncode"]:  # a crash is not a result: shown, not kept, so the case runs again
+                    print(result["stderr_tail"], file=sys.stderr)
+                    continue
+                path.write_text(json.dumps(result, indent=1))
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*.json"))]
     order = {b: i for i, b in enumerate(["90s", "3min", "10min"])}
     results.sort(key=lambda r: (order.get(r["budget"], 9), r["load"], list(SETS).index(r["set"])))
