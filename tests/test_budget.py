@@ -108,6 +108,21 @@ def test_a_cached_features_phase_stays_whole_epochs():
     assert cached_epochs({**FINETUNE, "freeze_epochs": 3, "cache_features": True}, epochs=10) == 3
 
 
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation", "regression"])
+def test_every_recipe_keeps_a_schedule_in_three_epochs(task):
+    """`--trainer.max_epochs 3` on a few hundred images: warm-up and freeze are shares (not whole epochs) and the
+    image-level recipes get a dozen optimiser steps per epoch from 200 training images."""
+    from cvsuite.config import load_config
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / task / "finetune.yaml"
+    cfg = load_config(recipe, ["--data.root", "somewhere", "--trainer.max_epochs", "3"])
+    assert cfg.optim.warmup_epochs == 0 and cfg.finetune.freeze_epochs == 0  # the shares are the rule
+    warmup, freeze = shares(asdict(cfg.optim), asdict(cfg.finetune), epochs=3)
+    assert 0 < warmup <= 0.2 and 0 < freeze <= 0.2
+    if task in ("classification", "regression"):
+        assert math.ceil(200 / cfg.data.batch_size) >= 12
+
+
 # ---- the clock -----------------------------------------------------------------------------------------------
 def test_progress_is_the_share_of_the_training_time_and_reaches_one_at_the_deadline_less_the_reserve():
     clock = Clock(deadline=1100.0, now=100.0, reserve=200.0)  # 800 s of training
