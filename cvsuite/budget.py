@@ -28,6 +28,7 @@ from cvsuite.schedule import (
     EXIT_SHARE,
     FINAL_FIXED_S,
     PLOTS_S,
+    SAFETY,
     Clock,
     Costs,
     format_duration,
@@ -269,13 +270,23 @@ class BudgetClock(Callback):
         next_end = batch_idx + 2 >= trainer.num_training_batches
         after_next = step_s + (self.costs.ckpt_s if at_epoch_end or next_end else 0.0)
         last_next = not stop and not self._cached and clock.out_of_time(now + step_s, after_next)
-        progress, stop, validate, last_next = self._rank_zero(trainer, clock.progress, stop, validate, last_next)
+        # Late by more than half the validation of the final weights (a step far slower than any before): the
+        # final evaluation goes first, so that one is left out.
+        late = stop and now - clock.train_end > 0.5 * SAFETY * (self.costs.val_s or 0.0)
+        flags = self._rank_zero(trainer, clock.progress, stop, validate, last_next, late)
+        progress, stop, validate, last_next, late = flags
         clock.progress = max(clock.progress, progress)
         self._last_step_next = last_next
         if stop:
             clock.progress = 1.0
             self.stopped = trainer.should_stop = True
             self.train_ended = now
+            if late and trainer.enable_validation:
+                log.info(
+                    "budget: %s past the time for training; no validation of the final weights",
+                    format_duration(now - clock.train_end),
+                )
+                trainer.limit_val_batches = 0  # Lightning validates on a stop otherwise
         elif validate:
             trainer.val_check_batch = trainer.fit_loop.epoch_loop.total_batch_idx + 1
         if last_next or stop:
