@@ -220,9 +220,9 @@ def test_a_run_whose_data_slows_down_still_ends_in_its_budget_with_the_lr_at_its
     monkeypatch.setattr(ImageClassificationDataset, "__getitem__", slow_getitem)
     caplog.set_level(logging.INFO, logger="cvsuite")
     started = time.time()
-    run_dir = train(from_dict(_recipe(tmp_path, "30s")), started=started)
+    run_dir = train(from_dict(_recipe(tmp_path, "40s")), started=started)
     wall = time.time() - started
-    assert wall < 30
+    assert wall < 40
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline" and metrics["accuracy"] is not None
     assert metrics["steps_done"] >= 1  # how many depends on how busy the machine is
@@ -230,8 +230,8 @@ def test_a_run_whose_data_slows_down_still_ends_in_its_budget_with_the_lr_at_its
     assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x min_lr_ratio
     assert rows[-1]["val_loss"]  # the final weights were validated
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("budget plan: 30s, trains until") for m in messages)
-    end = next(m for m in messages if m.startswith("budget 30s: trained"))
+    assert any(m.startswith("budget plan: 40s, trains until") for m in messages)
+    end = next(m for m in messages if m.startswith("budget 40s: trained"))
     assert "lr at floor; stopped by deadline" in end
 
 
@@ -239,8 +239,8 @@ def test_a_one_batch_set_follows_the_clock_too(tmp_path):
     """Two images per class and a batch of 8: one step per epoch. The clock still measures steps, runs many epochs
     and ends with the schedule decayed, inside the budget."""
     started = time.time()
-    run_dir = train(from_dict(_recipe(tmp_path, "15s", per_class=2)), started=started)
-    assert time.time() - started < 15
+    run_dir = train(from_dict(_recipe(tmp_path, "20s", per_class=2)), started=started)
+    assert time.time() - started < 20
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline"
     assert metrics["steps_done"] == metrics["epochs_done"] >= 1
@@ -265,7 +265,7 @@ def _clock_state(path: Path) -> dict:
 
 
 def test_a_budget_run_stopped_then_resumed_continues_its_progress_with_what_is_left(tmp_path, monkeypatch, caplog):
-    """SIGTERM after two epochs: metrics.json is written anyway; the resume (the checkpoint alone) picks up the
+    """SIGTERM after one epoch: metrics.json is written anyway; the resume (the checkpoint alone) picks up the
     progress where last.ckpt left it, with the budget less what the first process used, and decays to the floor."""
     from tests.test_resume import StopAt
 
@@ -273,27 +273,27 @@ def test_a_budget_run_stopped_then_resumed_continues_its_progress_with_what_is_l
 
     def build_stopping(*args, **kwargs):
         trainer, best, last = build(*args, **kwargs)
-        trainer.callbacks.append(StopAt(epoch=2, batch=1))
+        trainer.callbacks.append(StopAt(epoch=1, batch=1))
         return trainer, best, last
 
     monkeypatch.setattr(cvsuite.run, "build_trainer", build_stopping)
     with pytest.raises(TrainingInterrupted, match="continue with: cvsuite train --resume"):
-        train(from_dict(_recipe(tmp_path, "40s")), started=time.time())
+        train(from_dict(_recipe(tmp_path, "60s")), started=time.time())
     monkeypatch.setattr(cvsuite.run, "build_trainer", build)
     run_dir = tmp_path / "runs"
     assert json.loads((run_dir / "metrics.json").read_text())["stopped_by"] == "SIGTERM"
     last = run_dir / "checkpoints" / "last.ckpt"
     state = _clock_state(last)
-    assert 0 < state["progress"] < 1 and 0 < state["used_s"] < 40 and state["budget_s"] == 40
-    lr_before = float(_rows(run_dir)[1]["lr"])
+    assert 0 < state["progress"] < 1 and 0 < state["used_s"] < 60 and state["budget_s"] == 60
+    lr_before = float(_rows(run_dir)[0]["lr"])
 
     caplog.set_level(logging.INFO, logger="cvsuite")
     started = time.time()
     assert train(resume=last, started=started) == run_dir
-    assert time.time() - started < 40 - state["used_s"]
+    assert time.time() - started < 60 - state["used_s"]
     rows = _rows(run_dir)
-    assert len(rows) > 2
-    assert float(rows[2]["lr-Adam"]) <= lr_before * 1.05  # no new warm-up: the cosine goes on from where it was
+    assert len(rows) > 1
+    assert float(rows[1]["lr-Adam"]) <= lr_before * 1.05  # no new warm-up: the cosine goes on from where it was
     assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline"
