@@ -112,7 +112,6 @@ class BudgetClock(Callback):
         self._last_step_next = False  # the next step is the last that fits
         self._next = 0.0  # the progress the scheduler last set the rate for
         self.trained_at = 0.0  # the progress whose rate the last step trained with
-        self._first_val_batch: float | None = None
         self._sanity_times: list[float] = []
 
     # ---- what the task reads --------------------------------------------------------------------------------
