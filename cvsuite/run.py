@@ -92,8 +92,10 @@ RESUME_KEYS = (
 def resume_config(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """The recipe stored in `ckpt` (``--resume CKPT`` alone is a whole command), with `config` (a YAML file) and
     `overrides` merged onto it; only `RESUME_KEYS` may differ from the stored recipe."""
-    stored = read_checkpoint(ckpt, "--resume")[CONFIG_KEY]
-    raw = merge(stored, read_yaml(config)) if config else dict(stored)
+    recipe = read_yaml(config) if config else {}
+    task = recipe.get("task") if isinstance(recipe, dict) else None
+    stored = read_checkpoint(ckpt, "--resume", task=task)[CONFIG_KEY]
+    raw = merge(stored, recipe) if config else dict(stored)
     cfg = from_dict(merge(raw, parse_overrides(overrides or [])), str(config or f"{ckpt} (its stored recipe)"))
     check_resume(stored, cfg)
     return cfg
