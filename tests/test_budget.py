@@ -222,7 +222,7 @@ def test_a_run_whose_data_slows_down_still_ends_in_its_budget_with_the_lr_at_its
     started = time.time()
     run_dir = train(from_dict(_recipe(tmp_path, "40s")), started=started)
     wall = time.time() - started
-    assert wall < 40
+    assert wall < 40 * 1.05  # the benchmark's bound (bench/budget.py): a step cannot be cut short
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline" and metrics["accuracy"] is not None
     assert metrics["steps_done"] >= 1  # how many depends on how busy the machine is
@@ -240,7 +240,7 @@ def test_a_one_batch_set_follows_the_clock_too(tmp_path):
     and ends with the schedule decayed, inside the budget."""
     started = time.time()
     run_dir = train(from_dict(_recipe(tmp_path, "20s", per_class=2)), started=started)
-    assert time.time() - started < 20
+    assert time.time() - started < 20 * 1.05
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline"
     assert metrics["steps_done"] == metrics["epochs_done"] >= 1
@@ -291,7 +291,7 @@ def test_a_budget_run_stopped_then_resumed_continues_its_progress_with_what_is_l
     caplog.set_level(logging.INFO, logger="cvsuite")
     started = time.time()
     assert train(resume=last, started=started) == run_dir
-    assert time.time() - started < 60 - state["used_s"]
+    assert time.time() - started < (60 - state["used_s"]) * 1.05
     rows = _rows(run_dir)
     assert len(rows) > 1
     assert float(rows[1]["lr-Adam"]) <= lr_before * 1.05  # no new warm-up: the cosine goes on from where it was
@@ -299,7 +299,7 @@ def test_a_budget_run_stopped_then_resumed_continues_its_progress_with_what_is_l
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline"
     plan = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("budget plan"))
-    assert "% of it done before" in plan
+    assert "% of the schedule done before" in plan
 
 
 def test_a_new_budget_on_resume_is_for_this_process(tmp_path, caplog):
