@@ -45,6 +45,8 @@ log = logging.getLogger("cvsuite")
 # Lightning's batch counter for "validate now" (`Trainer.val_check_batch` with ``check_val_every_n_epoch=None``):
 # a number no run reaches, until the clock asks for a validation at the current batch.
 NEVER = 10**12
+# The Trainer's epoch count under the clock, until the clock's own estimate replaces it.
+MANY_EPOCHS = 10**6
 # One step as a share of the training time before any step was measured: a warm-up's first step is not wasted at 0.
 FIRST_STEP_SHARE = 1e-3
 
@@ -165,6 +167,9 @@ class BudgetClock(Callback):
         self.costs.val_s = first_s + per_batch * max(0, self.val_batches - 1)
         self.costs.final_s = first_s + per_batch * max(0, self.final_batches - 1) + FINAL_FIXED_S
 
+    def _written(self, trainer: L.Trainer) -> float:
+        return max([getattr(cb, "written_at", 0.0) for cb in trainer.checkpoint_callbacks] + [0.0])
+
     def _writes_s(self, trainer: L.Trainer) -> float:
         return max([getattr(cb, "write_s", 0.0) for cb in trainer.checkpoint_callbacks] + [0.0])
 
@@ -194,7 +199,7 @@ class BudgetClock(Callback):
         self.clock = Clock(deadline, now, self.progress)
         self.clock.set_reserve(self._reserve(trainer), now)
         self.train_started = self._last = self._last_val = now
-        trainer.fit_loop.max_epochs = max(trainer.current_epoch + 1, 10**6)  # the clock stops training
+        trainer.fit_loop.max_epochs = max(trainer.current_epoch + 1, MANY_EPOCHS)  # the clock stops training
         trainer.val_check_batch = NEVER
         finished = bool(self.stored) and float(self.stored["progress"]) >= 1.0
         progress, finished = self._rank_zero(trainer, self.clock.progress, finished)
@@ -242,11 +247,16 @@ class BudgetClock(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         now = time.time()
-        self._steps.append(now - self._last)
+        # From the end of the previous step (or validation, or epoch start) to now, data loading included, less any
+        # checkpoint written in between (best.ckpt after a validation is written after this callback's hook).
+        self._steps.append(now - max(self._last, self._written(trainer)))
         self._last = now
         self.steps_done += 1
         clock = self.clock
-        step_s = max(statistics.median(self._steps), self._steps[-1])
+        # The recent median, or the last step when slower (a machine that slows down), at most twice the median (a
+        # one-off hiccup must not end training early).
+        median = statistics.median(self._steps)
+        step_s = max(median, min(self._steps[-1], 2 * median))
         at_epoch_end = batch_idx + 1 >= trainer.num_training_batches
         stop = validate = False
         if self._cached:

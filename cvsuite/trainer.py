@@ -144,15 +144,17 @@ class AtomicCheckpoint(ModelCheckpoint):
     (a budget run keeps that much time for the checkpoints after training)."""
 
     write_s = 0.0
+    written_at = 0.0  # Unix time the last write ended
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        t0 = time.perf_counter()
+        t0 = time.time()
         partial = f"{filepath}.partial"
         super()._save_checkpoint(trainer, partial)
         if trainer.is_global_zero:
             os.replace(partial, filepath)
         self._last_checkpoint_saved = filepath
-        self.write_s = time.perf_counter() - t0
+        self.written_at = time.time()
+        self.write_s = self.written_at - t0
 
 
 class StopRequested(Exception):
@@ -293,9 +295,10 @@ def build_trainer(
         callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
     kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}
     if clocked:
-        from cvsuite.budget import NEVER
+        from cvsuite.budget import MANY_EPOCHS, NEVER
 
-        kwargs.update(check_val_every_n_epoch=None, val_check_interval=NEVER)
+        # The clock stops training; the epoch count must not (a resumed run may be past the recipe's epochs).
+        kwargs.update(check_val_every_n_epoch=None, val_check_interval=NEVER, max_epochs=MANY_EPOCHS)
     if cfg.finetune.cache_features:
         # The frozen epochs' loader (cached features) differs from the later ones' (images): asked for every epoch.
         kwargs["reload_dataloaders_every_n_epochs"] = 1

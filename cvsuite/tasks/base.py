@@ -169,8 +169,10 @@ class BaseTask(TaskModule):
     _total_steps: int | None = None
 
     def schedule_epochs(self) -> int:
-        """The epochs the recipe's epoch keys count in: ``trainer.max_epochs`` as the run began (a budget run's
-        clock later moves the Trainer's own to its estimate)."""
+        """The epochs the recipe's epoch keys count in: ``trainer.max_epochs`` of the recipe (a budget run's Trainer
+        counts epochs by the clock)."""
+        if self.clock is not None:
+            return self.clock.recipe_epochs
         if self._recipe_epochs is None and self._trainer is not None:
             self._recipe_epochs = max(1, int(self.trainer.max_epochs or 1))
         return self._recipe_epochs or 1
