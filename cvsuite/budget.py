@@ -27,6 +27,7 @@ from cvsuite.schedule import (
     EXIT_S,
     EXIT_SHARE,
     FINAL_FIXED_S,
+    MIN_VAL_GAP,
     PLOTS_S,
     SAFETY,
     Clock,
@@ -47,6 +48,12 @@ log = logging.getLogger("cvsuite")
 NEVER = 10**12
 # The Trainer's epoch count under the clock, until the clock's own estimate replaces it.
 MANY_EPOCHS = 10**6
+# The first validation inside training comes once this share of the time is spent, whatever the gap rule says: it
+# measures what validating costs here (the sanity check's two batches also pay the process's first-batch warm-up),
+# and with it the reserve for the end.
+CALIBRATE_AT = 0.1
+# "lr at floor" in the end line: the decay done to within this share of its range.
+AT_FLOOR = 0.02
 # One step as a share of the training time before any step was measured: a warm-up's first step is not wasted at 0.
 FIRST_STEP_SHARE = 1e-3
 
@@ -111,6 +118,7 @@ class BudgetClock(Callback):
         self._val_start = 0.0
         self._last_val = 0.0
         self._cached = False
+        self._validated = False  # a validation inside training was measured
         self._last_step_next = False  # the next step is the last that fits
         self._next = 0.0  # the progress the scheduler last set the rate for
         self.trained_at = 0.0  # the progress whose rate the last step trained with
@@ -269,10 +277,15 @@ class BudgetClock(Callback):
             stop = clock.out_of_time(now, step_s + (self.costs.ckpt_s if at_epoch_end else 0.0))
             rest_s = (trainer.num_training_batches - batch_idx - 1) * step_s
             val_s = self.costs.val_s if self.costs.val_s is not None else step_s * self.val_batches / 3
+            calibrate = (
+                not self._validated
+                and clock.progress >= CALIBRATE_AT
+                and (at_epoch_end or rest_s > MIN_VAL_GAP * (clock.train_end - self.train_started))
+            )
             validate = (
                 not stop
                 and trainer.enable_validation
-                and clock.validation_due(now, self._last_val, val_s, at_epoch_end, rest_s)
+                and (calibrate or clock.validation_due(now, self._last_val, val_s, at_epoch_end, rest_s))
             )
         self.step_share = step_s / max(1e-9, clock.train_end - self.train_started)
         # The next step is the last if the one after it would not fit (counting the epoch end it may cross).
@@ -330,6 +343,7 @@ class BudgetClock(Callback):
             self.val_batches = batches
             per_batch = (now - self._val_start) / batches
             self._measured_validation(per_batch, per_batch)
+            self._validated = True
         self._last = self._last_val = now
         trainer.val_check_batch = NEVER
 
@@ -354,7 +368,7 @@ class BudgetClock(Callback):
         trained = (self.train_ended or time.time()) - self.train_started
         factor = lr_factor(self.optim, self.trained_at, self.shares.warmup, self.recipe_epochs)
         floor = self.optim.get("min_lr_ratio", 0.0) if self.optim.get("scheduler") == "cosine" else None
-        if floor is not None and factor <= floor * 1.05 + 1e-9:
+        if floor is not None and factor - floor <= AT_FLOOR * (1 - floor) + 1e-9:
             lr = "lr at floor"
         else:
             lr = f"lr at {factor:.2g}x"
