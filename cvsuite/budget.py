@@ -354,8 +354,10 @@ class BudgetClock(Callback):
             return
         # The Trainer's epoch count is the clock's estimate (what the progress bar and epoch lines show); training
         # goes on until the clock stops it, however many epochs that is.
-        epoch_s = max(1e-3, now - self._epoch_start)
-        left = max(0.0, self.clock.train_end - now) / epoch_s
+        epoch_s = now - self._epoch_start
+        if self._steps:  # steadier than the last epoch's time alone
+            epoch_s = statistics.median(self._steps) * trainer.num_training_batches + self.costs.ckpt_s
+        left = max(0.0, self.clock.train_end - now) / max(1e-3, epoch_s)
         trainer.fit_loop.max_epochs = trainer.current_epoch + 1 + max(1, round(left))
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
