@@ -295,9 +295,9 @@ class BudgetClock(Callback):
         # Late by more than half the validation of the final weights (a step far slower than any before): the
         # final evaluation goes first, so that one is left out.
         late = stop and now - clock.train_end > 0.5 * SAFETY * (self.costs.val_s or 0.0)
-        flags = self._rank_zero(trainer, clock.progress, stop, validate, last_next, late)
-        progress, stop, validate, last_next, late = flags
-        clock.progress = max(clock.progress, progress)
+        # Every rank takes rank 0's values: the same rate (progress and step share), freeze, validation and stop.
+        flags = self._rank_zero(trainer, clock.progress, self.step_share, stop, validate, last_next, late)
+        clock.progress, self.step_share, stop, validate, last_next, late = flags
         self._last_step_next = last_next
         if stop:
             clock.progress = 1.0
@@ -319,16 +319,16 @@ class BudgetClock(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx) -> None:
         self.trained_at = self._next
 
-    def _rank_zero(self, trainer: L.Trainer, progress: float, *decisions: bool) -> tuple[Any, ...]:
-        """Rank 0's progress and decisions on every rank (DDP): all ranks follow one clock, so they switch the
-        freeze, validate and stop at the same step."""
+    def _rank_zero(self, trainer: L.Trainer, progress: float, *values: float | bool) -> tuple[Any, ...]:
+        """Rank 0's progress and values (floats, then decisions) on every rank (DDP): all ranks follow one clock,
+        so they set the same rate and switch the freeze, validate and stop at the same step."""
         if trainer.world_size <= 1 or not torch.distributed.is_initialized():
-            return (progress, *decisions)
-        values = torch.tensor([progress, *map(float, decisions)], dtype=torch.float64)
-        values = values.to(trainer.strategy.root_device) * float(trainer.is_global_zero)
-        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
-        p, *flags = values.tolist()
-        return (p, *(f > 0.5 for f in flags))
+            return (progress, *values)
+        sent = torch.tensor([progress, *map(float, values)], dtype=torch.float64)
+        sent = sent.to(trainer.strategy.root_device) * float(trainer.is_global_zero)
+        torch.distributed.all_reduce(sent, op=torch.distributed.ReduceOp.MAX)  # the others sent zeros
+        got = sent.tolist()
+        return tuple(g > 0.5 if isinstance(v, bool) else g for g, v in zip(got, (progress, *values)))
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
