@@ -29,7 +29,6 @@ from cvsuite.schedule import (
     FINAL_FIXED_S,
     MIN_VAL_GAP,
     PLOTS_S,
-    SAFETY,
     Clock,
     Costs,
     format_duration,
@@ -292,9 +291,11 @@ class BudgetClock(Callback):
         next_end = batch_idx + 2 >= trainer.num_training_batches
         after_next = step_s + (self.costs.ckpt_s if at_epoch_end or next_end else 0.0)
         last_next = not stop and not self._cached and clock.out_of_time(now + step_s, after_next)
-        # Late by more than half the validation of the final weights (a step far slower than any before): the
-        # final evaluation goes first, so that one is left out.
-        late = stop and now - clock.train_end > 0.5 * SAFETY * (self.costs.val_s or 0.0)
+        # Too late for what follows to fit as measured (a step far slower than any before): the final evaluation
+        # goes first, so the validation of the final weights is left out.
+        costs = self.costs
+        after = (costs.val_s or 0.0) + self._writes_s(trainer) + costs.ckpt_s + (costs.final_s or 0.0) + costs.after_s
+        late = stop and clock.deadline - now < after
         # Every rank takes rank 0's values: the same rate (progress and step share), freeze, validation and stop.
         flags = self._rank_zero(trainer, clock.progress, self.step_share, stop, validate, last_next, late)
         clock.progress, self.step_share, stop, validate, last_next, late = flags

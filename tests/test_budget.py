@@ -228,8 +228,9 @@ def test_a_run_whose_data_slows_down_still_ends_in_its_budget_with_the_lr_at_its
     assert metrics["steps_done"] >= 1  # how many depends on how busy the machine is
     rows = _rows(run_dir)
     assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x min_lr_ratio
-    assert rows[-1]["val_loss"]  # the final weights were validated
     messages = [r.getMessage() for r in caplog.records]
+    # The final weights were validated, unless the last step ran so late that only the final evaluation fitted.
+    assert rows[-1]["val_loss"] or any("no validation of the final weights" in m for m in messages)
     assert any(m.startswith("budget plan: 40s, trains until") for m in messages)
     end = next(m for m in messages if m.startswith("budget 40s: trained"))
     assert "lr at floor; stopped by deadline" in end
