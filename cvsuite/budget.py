@@ -29,6 +29,7 @@ from cvsuite.schedule import (
     FINAL_FIXED_S,
     MIN_VAL_GAP,
     PLOTS_S,
+    VAL_SHARE,
     Clock,
     Costs,
     format_duration,
@@ -187,7 +188,14 @@ class BudgetClock(Callback):
             per_batch = statistics.median(self._steps) / 3
             val_s, final_s = per_batch * self.val_batches, per_batch * self.final_batches + FINAL_FIXED_S
         costs = Costs(None, (val_s or 0.0) + self._writes_s(trainer), final_s, self.costs.ckpt_s, self.costs.after_s)
-        return reserve_s(costs, validates=trainer.enable_validation)
+        return reserve_s(costs, validates=self._validates_at_stop(trainer))
+
+    def _validates_at_stop(self, trainer: L.Trainer) -> bool:
+        """Whether the final weights are validated when training stops: only when an earlier validation left a best
+        checkpoint to compare them with; else the final evaluation scores them anyway, and once is enough."""
+        return trainer.enable_validation and (
+            self._validated or any(cb.monitor is not None and cb.best_model_path for cb in trainer.checkpoint_callbacks)
+        )
 
     # ---- the clock ----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -276,8 +284,12 @@ class BudgetClock(Callback):
             stop = clock.out_of_time(now, step_s + (self.costs.ckpt_s if at_epoch_end else 0.0))
             rest_s = (trainer.num_training_batches - batch_idx - 1) * step_s
             val_s = self.costs.val_s if self.costs.val_s is not None else step_s * self.val_batches / 3
+            # Calibrate only where validations by time can happen at all: one dearer than the gap rule allows for
+            # the whole training time would only eat it (and then the final evaluation alone scores the weights).
+            cheap = val_s <= VAL_SHARE * (clock.train_end - self.train_started)
             calibrate = (
                 not self._validated
+                and cheap
                 and clock.progress >= CALIBRATE_AT
                 and (at_epoch_end or rest_s > MIN_VAL_GAP * (clock.train_end - self.train_started))
             )
@@ -287,15 +299,17 @@ class BudgetClock(Callback):
                 and (calibrate or clock.validation_due(now, self._last_val, val_s, at_epoch_end, rest_s))
             )
         self.step_share = step_s / max(1e-9, clock.train_end - self.train_started)
-        # The next step is the last if the one after it would not fit (counting the epoch end it may cross).
+        # The next step is the last if the one after it would not fit (counting the epoch end it may cross), with half
+        # a step to spare: a stop that comes a step early leaves the rate short of its floor, a floor reached a step
+        # early costs nothing.
         next_end = batch_idx + 2 >= trainer.num_training_batches
-        after_next = step_s + (self.costs.ckpt_s if at_epoch_end or next_end else 0.0)
+        after_next = 1.5 * step_s + (self.costs.ckpt_s if at_epoch_end or next_end else 0.0)
         last_next = not stop and not self._cached and clock.out_of_time(now + step_s, after_next)
         # Too late for what follows to fit as measured (a step far slower than any before): the final evaluation
         # goes first, so the validation of the final weights is left out.
         costs = self.costs
         after = (costs.val_s or 0.0) + self._writes_s(trainer) + costs.ckpt_s + (costs.final_s or 0.0) + costs.after_s
-        late = stop and clock.deadline - now < after
+        late = stop and (clock.deadline - now < after or not self._validates_at_stop(trainer))
         # Every rank takes rank 0's values: the same rate (progress and step share), freeze, validation and stop.
         flags = self._rank_zero(trainer, clock.progress, self.step_share, stop, validate, last_next, late)
         clock.progress, self.step_share, stop, validate, last_next, late = flags
@@ -305,10 +319,11 @@ class BudgetClock(Callback):
             self.stopped = trainer.should_stop = True
             self.train_ended = now
             if late and trainer.enable_validation:
-                log.info(
-                    "budget: %s past the time for training; no validation of the final weights",
-                    format_duration(now - clock.train_end),
-                )
+                if self._validates_at_stop(trainer):
+                    log.info(
+                        "budget: %s past the time for training; no validation of the final weights",
+                        format_duration(now - clock.train_end),
+                    )
                 trainer.limit_val_batches = 0  # Lightning validates on a stop otherwise
         elif validate:
             trainer.val_check_batch = trainer.fit_loop.epoch_loop.total_batch_idx + 1
