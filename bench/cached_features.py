@@ -21,6 +21,7 @@ def run(root: Path, out: Path, args: argparse.Namespace, cache: bool) -> tuple[f
     seconds, run_dir, _ = train_tool(
         "configs/classification/finetune.yaml", root, out, "--data.image_size", str(args.image_size),
         "--trainer.max_epochs", str(args.epochs), "--finetune.freeze_epochs", str(args.freeze),
+        "--finetune.freeze_share", "null",
         "--finetune.cache_features", str(cache).lower(), "--run.early_stopping_patience", "null",
     )  # fmt: skip
     return seconds, metrics(run_dir)

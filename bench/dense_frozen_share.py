@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from probe import _probe_trainer, _StepTimer, measure
 from recipes import build_data
 from train_tool import REPO
 
-from cvsuite.budget import _probe_trainer, _StepTimer, measure
 from cvsuite.config import load_config
 from cvsuite.tasks import get_spec
 

@@ -3,7 +3,7 @@ a fixed wall-clock budget: the recipe's default (`configs/segmentation/finetune.
 on the ISBI membrane slices of ../shared/data (512x512 grey, 24 train / 6 val, seeded).
 
 1. cost: seconds per training step (batch of data.batch_size crops) and per validation image, measured with the
-   budget planner's own probe (`cvsuite.budget.measure`), each as a ratio to the default, side by side in one run;
+   cost probe (`bench/probe.py`, `measure`), each as a ratio to the default, side by side in one run;
 2. quality (with --budget): `tools/train.py --run.budget B` for each variant, mIoU of the best checkpoint on the
    whole validation split.
 
@@ -16,10 +16,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from probe import measure
 from recipes import write_segmentation_split
 from train_tool import REPO, metrics, train_tool
 
-from cvsuite.budget import measure
 from cvsuite.config import load_config
 from cvsuite.tasks import get_spec
 

@@ -8,7 +8,7 @@ gives each SLIC superpixel one of 11 classes by the superpixel's mean colour (da
 So the masks follow image edges like a real scene parse and are learnable from the pixels, but they mean nothing:
 the proxy is realistic in shape and cost only, and its mIoU says nothing about street scenes.
 
-1. --probe (default): the budget planner's own probe (`cvsuite.budget.measure`, `checkpoint_seconds`) measures
+1. --probe (default): the cost probe (`bench/probe.py`: `measure`, `checkpoint_seconds`) measures
    seconds per training step (backbone trained and frozen), per validation batch, and per epoch's checkpoints;
    from them, the predicted wall time of the recipe (10 epochs, backbone frozen for 1, then the final evaluation)
    under each validation cadence and subset below.
@@ -135,7 +135,8 @@ def write_street_proxy(root: Path, seed: int = 0) -> Path:
 
 # ---- --probe ---------------------------------------------------------------------------------------------------
 def probe(root: Path, steps: int, rounds: int) -> None:
-    from cvsuite.budget import checkpoint_seconds, measure
+    from probe import checkpoint_seconds, measure
+
     from cvsuite.config import load_config
     from cvsuite.tasks import get_spec
 

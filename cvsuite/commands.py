@@ -25,8 +25,10 @@ CKPT_HELP = "checkpoint written by training, or its run folder (= RUN/checkpoint
 
 # ---- sub-commands: flags ------------------------------------------------------------------------------------------
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="recipe YAML (configs/<task>/*.yaml)")
-    p.add_argument("--resume", help="checkpoint to continue from (e.g. <run>/checkpoints/last.ckpt)")
+    p.add_argument("--config", help="recipe YAML (configs/<task>/*.yaml); not needed with --resume")
+    p.add_argument(
+        "--resume", help="checkpoint to continue, with its own recipe (e.g. <run>/checkpoints/last.ckpt); see README"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines (same as --run.verbose false)")
     p.add_argument("--no-check", action="store_true", help="skip the dataset check before training")
 
@@ -82,14 +84,19 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite import console
     from cvsuite.budget import process_start
-    from cvsuite.config import load_config
+    from cvsuite.config import ConfigError, load_config
     from cvsuite.distributed import global_rank
     from cvsuite.outputs import check_output_folder
-    from cvsuite.run import train
+    from cvsuite.run import resume_config, train
 
     if args.quiet:
         overrides = [*overrides, "--run.verbose", "false"]
-    cfg = load_config(args.config, overrides)
+    if args.resume:
+        cfg = resume_config(args.resume, args.config, overrides)
+    elif args.config:
+        cfg = load_config(args.config, overrides)
+    else:
+        raise ConfigError("train needs --config RECIPE (or --resume CKPT to continue a run)")
     console.setup(cfg.run.verbose)
     if not args.resume:
         check_output_folder(cfg.trainer["default_root_dir"], "trainer.default_root_dir")

@@ -38,7 +38,10 @@ class OptimConfig:
     no_decay_norm_bias: bool = True  # no weight decay on norm layers and biases
     l1_head: float = 0.0  # L1 penalty on the new head's weights
     scheduler: Literal["none", "step", "cosine"] = "cosine"
-    warmup_epochs: float = 0.0  # linear warm-up in front of the schedule
+    warmup_epochs: float = 0.0  # linear warm-up in front of the schedule, in epochs (older recipes; see warmup_share)
+    # Linear warm-up over this share of the schedule (0.1 = the first 10 % of the optimiser steps, or of the training
+    # time under run.budget): the same shape for 3 epochs or 30. null = warmup_epochs. Set one of the two.
+    warmup_share: float | None = None
     step_size: int = 10  # step: epochs between decays
     gamma: float = 0.1  # step: decay factor
     min_lr_ratio: float = 0.01  # cosine: final lr / lr
@@ -49,7 +52,10 @@ class FinetuneConfig:
     """Transfer-learning controls, shared by every task."""
 
     freeze_backbone: bool = False  # frozen for the whole run
-    freeze_epochs: int = 0  # frozen for the first N epochs, then trained
+    freeze_epochs: int = 0  # frozen for the first N epochs, then trained (older recipes; see freeze_share)
+    # Frozen for this share of the schedule (0.1 = the first 10 % of the optimiser steps, or of the training time under
+    # run.budget), then trained; whole epochs (at least one) with cache_features. null = freeze_epochs. Set one.
+    freeze_share: float | None = None
     backbone_lr_mult: float = 1.0  # backbone lr = optim.lr * this
     layer_decay: float | None = None  # layer-wise lr decay inside the backbone (e.g. 0.75)
     bn_eval_when_frozen: bool = True  # keep BatchNorm statistics fixed while the backbone is frozen
@@ -69,8 +75,9 @@ class RunConfig:
     ema_decay: float | None = None  # EMA of weights (e.g. 0.999); None = off
     plots: bool = True
     verbose: bool = True  # progress bar and one line per epoch; false (or --quiet) for scripts
-    # Wall-clock budget ("15min", "90s", "1h", or seconds): epochs, validation cadence, freeze and warm-up are planned
-    # from measured step times so the whole schedule and the final evaluation end within it. null = epoch-based.
+    # Wall-clock budget of the whole process ("15min", "90s", "1h", or seconds): warm-up, cosine, freeze and validation
+    # follow the share of the training time spent, against a deadline that leaves room for the final evaluation and
+    # the exit. null = epoch-based (trainer.max_epochs).
     budget: str | float | None = None
 
 

@@ -91,10 +91,11 @@ def check_trainer(cfg: Config) -> None:
                 f"trainer.strategy {strategy} cannot run {devices} CPU processes (it needs GPUs); use "
                 "--trainer.strategy ddp"
             )
-        if strategy.startswith("fsdp") and int(getattr(cfg.finetune, "freeze_epochs", 0) or 0) > 0:
+        ft = cfg.finetune
+        if strategy.startswith("fsdp") and (int(ft.freeze_epochs or 0) > 0 or getattr(ft, "freeze_share", None)):
             raise ConfigError(
-                "finetune.freeze_epochs with trainer.strategy fsdp: FSDP shards parameters once and cannot change "
-                "which are trained mid-run; use strategy ddp, or finetune.freeze_backbone for the whole run"
+                "finetune.freeze_epochs / freeze_share with trainer.strategy fsdp: FSDP shards parameters once and "
+                "cannot change which are trained mid-run; use strategy ddp, or finetune.freeze_backbone for the run"
             )
         if strategy == "ddp_notebook" and devices > 1:
             raise ConfigError("trainer.strategy ddp_notebook is for Jupyter; from tools/train.py use ddp")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from cvsuite.config import ConfigError
+from cvsuite.schedule import lr_factor, shares
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
-SCHEDULERS = ("none", "step", "cosine")
+SCHEDULERS = ("none", "step", "cosine")  # cvsuite.schedule.lr_factor
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -91,27 +93,40 @@ def build_optimizer(groups: list[dict[str, Any]], optim: dict[str, Any]) -> torc
     raise ConfigError(f"optim.optimizer: unknown '{name}'. Choose one of {', '.join(OPTIMIZERS)}")
 
 
-def lr_lambda(optim: dict[str, Any], total_steps: int, steps_per_epoch: int):
-    """Per-step multiplier of the base lr: linear warm-up, then step or cosine decay."""
-    name = optim["scheduler"].lower()
-    if name not in SCHEDULERS:
-        raise ConfigError(f"optim.scheduler: unknown '{name}'. Choose one of {', '.join(SCHEDULERS)}")
-    warmup = int(round(optim["warmup_epochs"] * steps_per_epoch))
-    step_every = max(1, optim["step_size"] * steps_per_epoch)
-    floor = optim["min_lr_ratio"]
+def lr_lambda(optim: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step multiplier of the base lr over `total_steps` steps: warm-up, then step or cosine decay, all as
+    shares of the schedule (`cvsuite.schedule.lr_factor`); ``warmup_epochs`` count `steps_per_epoch` steps each."""
+    epochs = max(1, round(total_steps / max(1, steps_per_epoch)))
+    warmup = shares(optim, {}, epochs).warmup
+    return progress_lambda(optim, lambda step: step / max(1, total_steps), warmup, epochs, 1 / max(1, total_steps))
+
+
+def progress_lambda(
+    optim: dict[str, Any], progress: Callable[[int], float], warmup: float, epochs: int, first: float
+) -> Callable[[int], float]:
+    """Per-step multiplier of the base lr, where `progress` maps the scheduler's step count to the share of the
+    schedule done (steps over the total in an epoch-based run; the clock's share of the time under run.budget)."""
+    lr_factor(optim, 0.0, warmup)  # an unknown optim.scheduler fails here, before training
 
     def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if name == "step":
-            return optim["gamma"] ** ((step - warmup) // step_every)
-        if name == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+        return lr_factor(optim, progress(step), warmup, epochs, first)
 
     return fn
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: dict[str, Any], total_steps: int, steps_per_epoch: int):
+    """The epoch-based schedule of `total_steps` optimiser steps (see `lr_lambda`), stepped every step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps, steps_per_epoch))
+
+
+def progress_scheduler(
+    optimizer: torch.optim.Optimizer,
+    optim: dict[str, Any],
+    progress: Callable[[int], float],
+    warmup: float,
+    epochs: int = 1,
+    first: float = 0.0,
+):
+    """A scheduler whose rate follows `progress` (see `progress_lambda`), stepped every optimiser step. Its state
+    is the step count only: a resumed run gets its rate from the restored progress, not from stored numbers."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, progress_lambda(optim, progress, warmup, epochs, first))

@@ -13,29 +13,34 @@ Run folder (``trainer.default_root_dir``)::
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import inspect
 import json
 import logging
+import signal
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from cvsuite import schedule
 from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint, resolve
 from cvsuite.config import Config, ConfigError, from_dict, merge, parse_overrides, read_yaml
 from cvsuite.data.common import IMAGE_EXTENSIONS, DatasetError, drop_unreadable, list_images
-from cvsuite.distributed import check_trainer, end_process_group, global_rank, shared_run_dir
-from cvsuite.outputs import check_output_file, check_output_folder, display_path, write_json
+from cvsuite.distributed import check_trainer, device_count, end_process_group, global_rank, shared_run_dir
+from cvsuite.outputs import check_output_file, check_output_folder, display_path, write_json, write_text
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
-from cvsuite.trainer import build_trainer, interrupted
+from cvsuite.trainer import SignalStop, StopRequested, build_trainer, interrupted
 
 log = logging.getLogger("cvsuite")
 
@@ -120,67 +125,217 @@ def check_fit_data(cfg: Config, dm: Any) -> None:
         )
 
 
-def train(cfg: Config, resume: str | Path | None = None, started: float | None = None) -> Path:
-    """Fit the recipe's task; returns the run folder.
+# What `--resume` may change in the checkpoint's recipe (each documented in README, "Resuming a run"); anything
+# else would silently train another recipe on top of this one, and is refused.
+RESUME_KEYS = (
+    "trainer.max_epochs",  # extend an epoch-based schedule (the cosine stretches from the step reached)
+    "data.root",  # the data moved: the stored validation files are looked up under the new root
+    "data.num_workers",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "run.budget",  # a budget run: a new budget for this process, for the rest of its schedule
+    "run.verbose",
+    "run.plots",
+)
+
+
+def resume_config(ckpt: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The recipe stored in `ckpt` (``--resume CKPT`` alone is a whole command), with `config` (a YAML file) and
+    `overrides` merged onto it; only `RESUME_KEYS` may differ from the stored recipe."""
+    recipe = read_yaml(config) if config else {}
+    task = recipe.get("task") if isinstance(recipe, dict) else None
+    stored = read_checkpoint(ckpt, "--resume", task=task)[CONFIG_KEY]
+    raw = merge(stored, recipe) if config else dict(stored)
+    cfg = from_dict(merge(raw, parse_overrides(overrides or [])), str(config or f"{ckpt} (its stored recipe)"))
+    check_resume(stored, cfg)
+    return cfg
+
+
+def check_resume(stored: dict[str, Any], cfg: Config) -> None:
+    """A `ConfigError` naming every key where `cfg` differs from the checkpoint's recipe `stored`, except
+    `RESUME_KEYS`; and for a change of ``run.budget`` between a budget run and an epoch-based one."""
+    reference = from_dict(stored, "the checkpoint's recipe").to_dict()
+    refused = [k for k in _changed_keys(reference, cfg.to_dict()) if k not in RESUME_KEYS]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)}: --resume continues the checkpoint's own recipe, and these would change it "
+            f"(--resume CKPT alone needs no --config or overrides). On a resume only {', '.join(RESUME_KEYS)} may "
+            "change; to train another recipe from these weights, start a new run with --model.weights CKPT"
+        )
+    before, after = (stored.get("run") or {}).get("budget"), cfg.run.budget
+    if (before is None) != (after is None):
+        raise ConfigError(
+            "run.budget: this run was trained by epochs; extend it with --trainer.max_epochs, or start a new run "
+            "with a budget"
+            if before is None
+            else f"run.budget: this run follows a budget ({before}); give --run.budget again to change it, not null"
+        )
+
+
+def _legacy_budget(cfg: Config, checkpoint: dict[str, Any]) -> Config:
+    """A budget run from before the clock (its checkpoint holds planned epochs, no clock state) continues its
+    planned epochs without a time limit, as it was written to."""
+    states = checkpoint.get("callbacks") or {}
+    if cfg.run.budget is None or any("BudgetClock" in str(key) for key in states):
+        return cfg
+    log.warning(
+        "--resume: this budget run predates the clock; it continues its planned %s epochs",
+        cfg.trainer.get("max_epochs"),
+    )
+    out = copy.deepcopy(cfg)
+    out.run.budget = None
+    out.trainer.pop("max_time", None)
+    return out
+
+
+def train(cfg: Config | None = None, resume: str | Path | None = None, started: float | None = None) -> Path:
+    """Fit the recipe's task; returns the run folder. Every run ends with the final evaluation into metrics.json
+    (the best checkpoint, else the last weights), with ``stopped_by`` and the epochs and steps done, also one
+    stopped by the budget's deadline, early stopping, or a first Ctrl+C / SIGTERM (then `TrainingInterrupted` is
+    raised after it, with the command to continue).
 
     Args:
-        resume: a ``last.ckpt`` (or any checkpoint) to continue from, mid-schedule: optimiser, scheduler, epoch
-            and the freeze/unfreeze state carry on; the run writes into that checkpoint's run folder.
+        cfg: the recipe; with `resume` it may be left out (the checkpoint's own recipe), and may differ from it
+            only in `RESUME_KEYS`.
+        resume: a ``last.ckpt`` (or any checkpoint) to continue from, mid-schedule: optimiser, scheduler, epoch,
+            the freeze state and a budget run's clock carry on; the run writes into that checkpoint's run folder.
         started: Unix time from which ``run.budget`` counts (default: now; ``cvsuite train`` passes the start of
             its process).
     """
     started = time.time() if started is None else started
+    stored = None
+    if resume:
+        resume = resolve(resume, "--resume")
+        stored = read_checkpoint(resume, "--resume")
+        cfg = resume_config(resume) if cfg is None else cfg
+        check_resume(stored[CONFIG_KEY], cfg)
+        cfg = _legacy_budget(cfg, stored)
+    elif cfg is None:
+        raise ConfigError("train: give a recipe, or a checkpoint to resume")
     check_trainer(cfg)  # devices/strategy/precision that cannot work here: named before anything is written
+    schedule.shares(asdict(cfg.optim), asdict(cfg.finetune), int(cfg.trainer.get("max_epochs") or 1))
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     spec = get_spec(cfg.task)
     if resume:
-        resume = Path(resume)
         run_dir = run_dir_of(resume)
         module = load_module(spec.module_class, resume, "--resume", task=cfg.task, pretrained=False)
         # The stored contract: same classes, preprocessing and validation files as before the interruption.
-        dm = spec.build_datamodule(cfg, data_state(read_checkpoint(resume), module))
+        dm = spec.build_datamodule(cfg, data_state(stored, module))
     else:
         dm = spec.build_datamodule(cfg, None)
     dm.setup("fit")  # before the run folder exists: a dataset error leaves nothing behind
     if not resume:
-        check_fit_data(cfg, dm)  # issue 19: an empty split or an unwritable run folder, before anything is written
-    if cfg.run.budget is not None:
-        from cvsuite import budget
-
-        if resume:
-            cfg = budget.resumed_config(cfg, read_checkpoint(resume)[CONFIG_KEY])
-        else:
-            cfg, _ = budget.budget_config(cfg, spec, dm, started)
-            L.seed_everything(cfg.run.seed, workers=True, verbose=False)  # the probe drew from the generators
+        check_fit_data(cfg, dm)  # an empty split or an unwritable run folder, before anything is written
     if not resume:
         module = spec.build_module(cfg, dm)
         run_dir = shared_run_dir(cfg.trainer["default_root_dir"], new_run_dir)  # same folder on every rank
     if global_rank() == 0:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer, ckpt, last = build_trainer(cfg, spec, run_dir)
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
-    except (KeyboardInterrupt, SystemExit) as err:  # Lightning's graceful stop on SIGINT / SIGTERM
-        raise interrupted(trainer, last, err) from None
-    end_process_group()
-    if not trainer.is_global_zero:  # under DDP only rank 0 writes the run folder
-        return run_dir
+        write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    clock = _budget_clock(cfg, dm, started) if cfg.run.budget is not None else None
+    one_process = device_count(cfg.trainer.get("devices", 1), True) == 1 and int(cfg.trainer.get("num_nodes") or 1) == 1
+    stop = SignalStop()
+    with stop if one_process else contextlib.nullcontext(stop):
+        extra = [c for c in (clock, stop if one_process else None) if c is not None]
+        trainer, ckpt, last = build_trainer(cfg, spec, run_dir, extra=extra, clocked=clock is not None)
+        signum = None
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+        except StopRequested as err:
+            signum = err.signum
+        except (KeyboardInterrupt, SystemExit) as err:  # Lightning's own stop on SIGINT / SIGTERM
+            signum = signal.SIGTERM if isinstance(err, SIGTERMException) else (stop.signum or signal.SIGINT)
+            if stop.count > 1:
+                raise interrupted(signum, run_dir / "checkpoints" / "last.ckpt", None) from None
+        if signum is None:
+            end_process_group()
+        else:
+            _leave_process_group()
+        if not trainer.is_global_zero:  # under DDP only rank 0 writes the run folder
+            return run_dir
+        try:
+            scored = _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum)
+        except (KeyboardInterrupt, SystemExit):
+            raise interrupted(stop.signum or signal.SIGINT, run_dir / "checkpoints" / "last.ckpt", None) from None
+    signum = signum or stop.signum
+    if signum is not None:
+        raise interrupted(signum, run_dir / "checkpoints" / "last.ckpt", scored)
+    return run_dir
+
+
+def _budget_clock(cfg: Config, dm, started: float):
+    from cvsuite.budget import BudgetClock
+
+    val_batches = _limited(dm.val_batches(training=True), cfg.trainer.get("limit_val_batches"))
+    return BudgetClock(
+        cfg.run.budget,
+        started,
+        asdict(cfg.optim),
+        asdict(cfg.finetune),
+        int(cfg.trainer.get("max_epochs") or 1),
+        val_batches,
+        dm.val_batches(training=False),
+        plots=cfg.run.plots,
+    )
+
+
+def _limited(batches: int, limit: Any) -> int:
+    """Batches per pass under a trainer ``limit_*_batches`` (an int count or a float fraction)."""
+    if limit is None:
+        return batches
+    if isinstance(limit, float) and limit <= 1.0:
+        return max(1, int(batches * limit)) if limit > 0 else 0
+    return min(batches, int(limit))
+
+
+def _leave_process_group() -> None:
+    """After a stopped distributed fit: close the process group without waiting for ranks that may be gone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def _stopped_by(trainer: L.Trainer, clock, signum: int | None) -> str:
+    if signum is not None:
+        return signal.Signals(signum).name
+    if clock is not None and (clock.stopped or clock.progress >= 1.0):
+        return "deadline"
+    stopper = trainer.early_stopping_callback
+    if stopper is not None and stopper.stopped_epoch > 0:
+        return "early_stopping"
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        return "max_steps"
+    return "max_epochs"
+
+
+def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum) -> str:
+    """metrics.json of the best checkpoint, else of the last weights (last.ckpt, or the module as training left
+    it when no epoch ended); returns what it scored."""
+    t0 = time.time()
     best = ckpt.best_model_path or ckpt.last_model_path
-    if best and trainer.state.status == "finished":
-        metrics = _evaluate_module(
-            load_module(spec.module_class, best, pretrained=False),
-            spec,
-            cfg,
-            dm,
-            run_dir,
-            plots=cfg.run.plots,
-        )
-        metrics.update(dm.describe())
-        metrics["checkpoint"] = str(best)
-        write_json(run_dir / "metrics.json", metrics)  # NaN (undefined) -> null
+    if best and Path(best).is_file():
+        evaluated, scored = load_module(spec.module_class, best, pretrained=False), Path(best).name
+    else:
+        evaluated, scored = module, "the last weights (no checkpoint was written yet)"
+    metrics = _evaluate_module(evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots)
+    metrics.update(dm.describe())
+    steps_per_epoch = max(1, trainer.num_training_batches) / max(1, trainer.accumulate_grad_batches)
+    epochs = round(trainer.global_step / steps_per_epoch, 2) if trainer.num_training_batches else 0.0
+    stopped_by = _stopped_by(trainer, clock, signum)
+    metrics.update(
+        checkpoint=str(best) if best and Path(best).is_file() else None,
+        stopped_by=stopped_by,
+        epochs_done=epochs,
+        steps_done=int(trainer.global_step),
+    )
+    write_json(run_dir / "metrics.json", metrics)  # NaN (undefined) -> null
     if cfg.run.plots and (run_dir / "metrics.csv").exists():
         curves_plot(run_dir / "metrics.csv", run_dir / "curves.png")
-    return run_dir
+    if clock is not None:
+        log.info(clock.summary(epochs, time.time() - t0, stopped_by))
+    return scored
 
 
 def run_dir_of(ckpt: str | Path) -> Path:

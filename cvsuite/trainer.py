@@ -1,5 +1,5 @@
 """The Lightning Trainer of a run and the callbacks that write the run folder: checkpoints, metrics.csv, the
-recipe stored in each checkpoint, early stopping and EMA.
+recipe stored in each checkpoint, early stopping and EMA; and stopping on Ctrl+C / SIGTERM with a result.
 
 Resume is exact: ``last.ckpt`` is written (atomically) at the end of every epoch, after that epoch's metrics.csv row,
 and holds the random number generators as well as the weights, optimisers, schedulers and callback states, so a run
@@ -13,6 +13,9 @@ import logging
 import os
 import random
 import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,6 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cvsuite.augment import seed_pipelines
 from cvsuite.checkpoint import CONFIG_KEY
@@ -171,27 +173,92 @@ class AugmentationSeed(Callback):
 
 class AtomicCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint that writes to a temporary file and renames it: a kill mid-write never leaves a truncated
-    best.ckpt / last.ckpt behind (os.replace is atomic on one filesystem)."""
+    best.ckpt / last.ckpt behind (os.replace is atomic on one filesystem). ``write_s`` is what the last write took
+    (a budget run keeps that much time for the checkpoints after training)."""
+
+    write_s = 0.0
+    written_at = 0.0  # Unix time the last write ended
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        t0 = time.time()
         partial = f"{filepath}.partial"
         super()._save_checkpoint(trainer, partial)
         if trainer.is_global_zero:
             os.replace(partial, filepath)
         self._last_checkpoint_saved = filepath
+        self.written_at = time.time()
+        self.write_s = self.written_at - t0
 
 
-def interrupted(trainer: L.Trainer, last: ModelCheckpoint, error: BaseException) -> TrainingInterrupted:
-    """The `TrainingInterrupted` to raise after ``trainer.fit`` ended with `error` (KeyboardInterrupt/SystemExit)."""
-    signum = signal.SIGTERM if isinstance(error, SIGTERMException) else signal.SIGINT
-    path = Path(last.dirpath or ".") / "last.ckpt"
-    if path.is_file():
-        done = torch.load(path, map_location="cpu", weights_only=True)["epoch"] + 1
-        where = f"{path} holds epoch {done} of {trainer.max_epochs} complete; continue with --resume {path}"
+class StopRequested(Exception):
+    """Raised out of ``trainer.fit`` after the step in progress when a first Ctrl+C or SIGTERM arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SignalStop(Callback):
+    """Ctrl+C (SIGINT) and SIGTERM as a request to stop with a result: the first one ends training after the step
+    in progress (`StopRequested`), and the run still evaluates its best checkpoint (else its last weights) into
+    metrics.json; a second one stops at once, without the evaluation.
+
+    Used as a context manager around the whole run (training and the final evaluation), in the main thread of a
+    single process; under DDP Lightning's own SIGTERM handling (every rank stops at the same batch) stays in charge.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count > 1:
+            raise KeyboardInterrupt(f"second {name}")
+        self.signum = signum
+        # os.write: the logging module is not safe to call from a signal handler.
+        os.write(
+            sys.stderr.fileno(),
+            f"\n{name}: stopping after this step, then the final evaluation (again: exit at once)\n".encode(),
+        )
+
+    def _check(self) -> None:
+        if self.signum is not None:
+            raise StopRequested(self.signum)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check()
+
+
+def interrupted(signum: int, last: Path, scored: str | None) -> TrainingInterrupted:
+    """The `TrainingInterrupted` to raise once a run stopped by `signum` has written what it could: `scored` says
+    what metrics.json holds (None: no final evaluation, after a second interrupt)."""
+    name = signal.Signals(signum).name
+    if last.is_file():
+        done = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+        # The epoch in progress is dropped: resuming mid-epoch could not replay the same batches.
+        where = f"{last} holds {done} complete epoch(s); continue with: cvsuite train --resume {last}"
     else:
         where = "no epoch was complete, so there is nothing to resume; start the run again"
-    # The epoch in progress is dropped: resuming mid-epoch could not replay the same batches.
-    return TrainingInterrupted(f"training stopped by {signal.Signals(signum).name} during an epoch; {where}", signum)
+    result = f"metrics.json scores {scored}" if scored else "no final evaluation (interrupted twice)"
+    return TrainingInterrupted(f"training stopped by {name}; {result}; {where}", signum)
 
 
 def validates(cfg: Config) -> bool:
@@ -201,10 +268,11 @@ def validates(cfg: Config) -> bool:
 
 
 def build_trainer(
-    cfg: Config, spec: TaskSpec, run_dir: Path, **overrides: Any
+    cfg: Config, spec: TaskSpec, run_dir: Path, extra: list[Callback] | None = None, clocked: bool = False, **overrides
 ) -> tuple[L.Trainer, ModelCheckpoint, ModelCheckpoint]:
     """The run's Trainer, its best-checkpoint callback (the last one when the run does not validate) and its
-    last-checkpoint callback."""
+    last-checkpoint callback. `extra`: more callbacks (the budget's clock, the signal stop); `clocked`: validation
+    is asked for by the clock (`cvsuite.budget.BudgetClock`) instead of every k epochs."""
     monitor = cfg.run.monitor or spec.monitor
     mode = cfg.run.mode or spec.mode
     folder = run_dir / "checkpoints"
@@ -220,19 +288,31 @@ def build_trainer(
         AugmentationSeed(cfg.run.seed),
         LearningRateMonitor(logging_interval="epoch"),
         TensorBoardSamples(),  # lr and sample images in TensorBoard
+        *(extra or []),
     ]
     best = last
+    # Under the clock a validation may fall inside an epoch: the best checkpoint and early stopping follow each one.
+    after_val = False if clocked else None
     if validates(cfg):
         best = AtomicCheckpoint(
-            dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False
+            dirpath=folder,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            enable_version_counter=False,
+            save_on_train_epoch_end=after_val,
         )
         callbacks.append(best)
         if cfg.run.early_stopping_patience is not None:
-            callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.run.early_stopping_patience))
+            patience = cfg.run.early_stopping_patience
+            callbacks.append(
+                EarlyStopping(monitor=monitor, mode=mode, patience=patience, check_on_train_epoch_end=after_val)
+            )
     else:
         log.warning(
             "trainer.limit_val_batches is 0: training without validation, so there is no best checkpoint "
-            "(metrics.json evaluates last.ckpt) and run.early_stopping_patience does not apply"
+            "(metrics.json evaluates last.ckpt)"
         )
     limit = cfg.trainer.get("limit_val_batches")
     if validates(cfg) and limit is not None and not (isinstance(limit, float) and limit >= 1.0):
@@ -247,6 +327,11 @@ def build_trainer(
     if cfg.run.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=cfg.run.ema_decay))
     kwargs = {**cfg.trainer, **overrides, "default_root_dir": str(run_dir)}
+    if clocked:
+        from cvsuite.budget import MANY_EPOCHS, NEVER
+
+        # The clock stops training; the epoch count must not (a resumed run may be past the recipe's epochs).
+        kwargs.update(check_val_every_n_epoch=None, val_check_interval=NEVER, max_epochs=MANY_EPOCHS)
     if cfg.finetune.cache_features:
         # The frozen epochs' loader (cached features) differs from the later ones' (images): asked for every epoch.
         kwargs["reload_dataloaders_every_n_epochs"] = 1

@@ -1,22 +1,36 @@
-"""The time-budget planner: reading durations, and plans that fit the budget with the whole schedule inside."""
+"""Schedules that follow progress, and budgets that follow the clock: the pure maths (durations, shares, the lr
+factor, the clock's progress, stop and validation rules), then budget runs on tiny models (a machine that slows
+down mid-run, a one-batch set, resume under a budget)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import math
 import time
-from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from cvsuite import budget
-from cvsuite.budget import MARGIN, Costs, parse_duration, plan, safety_net_s
-from cvsuite.config import ConfigError, from_dict
+import cvsuite.run
+from cvsuite.config import ConfigError, FinetuneConfig, OptimConfig, from_dict
+from cvsuite.data.classification import ImageClassificationDataset
+from cvsuite.optim import lr_lambda
 from cvsuite.run import train
+from cvsuite.schedule import (
+    Clock,
+    Costs,
+    cached_epochs,
+    format_duration,
+    lr_factor,
+    parse_duration,
+    reserve_s,
+    shares,
+)
+from cvsuite.trainer import TrainingInterrupted
 from tests.conftest import tiny_recipe, write_class_folders
 
 
@@ -34,186 +48,309 @@ def test_bad_durations_name_the_key(text):
         parse_duration(text)
 
 
-def _total(p, c: Costs) -> float:
-    train = p.steps_per_epoch * (p.freeze_epochs * c.frozen_step_s + (p.epochs - p.freeze_epochs) * c.step_s)
-    return c.elapsed_s + train + (p.epochs // p.val_every) * c.val_s + c.val_s
+@pytest.mark.parametrize(("seconds", "text"), [(6.4, "6s"), (161, "2m41s"), (180, "3m"), (3900, "1h05m")])
+def test_durations_print_short(seconds, text):
+    assert format_duration(seconds) == text
 
 
-@pytest.mark.parametrize("budget", [120, 900, 3600])
-def test_plan_fits_the_budget_and_is_the_longest_that_does(budget):
-    c = Costs(step_s=2.0, frozen_step_s=0.8, steps_per_epoch=10, val_s=6.0, elapsed_s=20.0)
-    p = plan(budget, c, recipe_epochs=8, freeze_epochs=2, warmup_epochs=1.0, started=datetime(2026, 1, 1, 12))
-    assert p.seconds == pytest.approx(_total(p, c))
-    assert p.seconds <= budget * MARGIN
-    # One more epoch (at the plan's cadence) would not fit.
-    longer = plan(budget * 10, c, recipe_epochs=8, freeze_epochs=2, warmup_epochs=1.0)
-    assert longer.epochs > p.epochs
-    assert p.epochs % p.val_every == 0  # the last epoch is validated
-    # Freeze and warm-up keep the recipe's share of the schedule: 2/8 and 1/8 of it.
-    assert p.freeze_epochs == int(2 * p.epochs / 8)
-    assert p.warmup_epochs == pytest.approx(p.epochs / 8, abs=1e-3)
-    assert "epochs ×" in p.describe() and "ends ~" in p.describe()
+# ---- the shape of the schedule -------------------------------------------------------------------------------
+OPTIM = asdict(OptimConfig())
+FINETUNE = asdict(FinetuneConfig())
 
 
-def test_validation_is_spread_out_when_it_would_dominate():
-    c = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=5, val_s=10.0, elapsed_s=5.0)
-    p = plan(600, c, recipe_epochs=10)
-    assert p.val_every > 1
-    assert (p.epochs // p.val_every) * c.val_s <= 0.2 * p.epochs * 5 * c.step_s + c.val_s
+def test_epoch_keys_become_shares_of_the_schedule_and_shares_stay_shares():
+    assert shares({**OPTIM, "warmup_epochs": 1}, {**FINETUNE, "freeze_epochs": 2}, epochs=8) == (0.125, 0.25)
+    assert shares({**OPTIM, "warmup_share": 0.2}, {**FINETUNE, "freeze_share": 0.1}, epochs=3) == (0.2, 0.1)
+    # 3 epochs of a recipe with one frozen epoch and one warm-up epoch spend two thirds of the run on them.
+    assert shares({**OPTIM, "warmup_epochs": 1}, {**FINETUNE, "freeze_epochs": 1}, epochs=3) == (1 / 3, 1 / 3)
 
 
-def test_the_cadence_divides_the_epochs_instead_of_the_epochs_shrinking_to_the_cadence():
-    """GAN-like costs (FID validation 13.5 s against 18.5 s epochs): 6 epochs with one validation at the end fit
-    (10 + 6 x 18.8 + 13.5 + 13.5 = 149.8 s of 162 s); 7 would not (168.6 s). Cutting to a multiple of the cadence
-    the first fit needed (4) planned 4 epochs and left a third of the budget unused."""
-    c = Costs(
-        step_s=0.185, frozen_step_s=0.185, steps_per_epoch=100, val_s=13.5, elapsed_s=10, epoch_s=0.3, final_val_s=13.5
-    )
-    p = plan(180, c, recipe_epochs=18)
-    assert (p.epochs, p.val_every) == (6, 6)
-    assert p.seconds == pytest.approx(10 + 6 * 18.8 + 13.5 + 13.5)
+@pytest.mark.parametrize(
+    ("optim", "finetune", "key"),
+    [
+        ({"warmup_share": 0.1, "warmup_epochs": 1}, {}, "optim.warmup_share and optim.warmup_epochs"),
+        ({}, {"freeze_share": 0.1, "freeze_epochs": 1}, "finetune.freeze_share and finetune.freeze_epochs"),
+        ({"warmup_share": 1.5}, {}, r"optim.warmup_share must be a share of the schedule in \[0, 1\)"),
+        ({}, {"freeze_share": -0.1}, "finetune.freeze_share must be"),
+    ],
+)
+def test_a_phase_given_twice_or_out_of_range_is_named(optim, finetune, key):
+    with pytest.raises(ConfigError, match=key):
+        shares({**OPTIM, **optim}, {**FINETUNE, **finetune}, epochs=10)
 
 
-@pytest.mark.parametrize("budget", [60, 95, 180, 400, 1000])
-def test_no_longer_schedule_with_a_validated_last_epoch_fits(budget):
-    """Hand rule: validation (8 s) may take a fifth of training (10 s an epoch), so the cheapest cadence is every
-    4 epochs (every e for e < 4); it may stretch up to 8 to divide e. e epochs cost 5 + 10 e + 8 e/k + 8 s final;
-    the plan is the largest e that fits, e.g. never 11 (prime) or 22 (divisors 11, 22: too few validations)."""
-    c = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=10, val_s=8.0, elapsed_s=5.0)
-    p = plan(budget, c, recipe_epochs=10)
-
-    def fits(e: int) -> bool:
-        cheapest = min(e, 4)
-        cadences = [k for k in range(cheapest, 2 * cheapest + 1) if e % k == 0]
-        return bool(cadences) and 5 + e * 10 + e // cadences[0] * 8.0 + 8.0 <= budget * MARGIN
-
-    assert p.epochs == max(e for e in range(1, 200) if fits(e))
-    assert p.epochs % p.val_every == 0 and p.val_every <= 2 * min(p.epochs, 4)
+def test_the_lr_warms_up_then_follows_a_cosine_to_its_floor():
+    cfg = {**OPTIM, "scheduler": "cosine", "min_lr_ratio": 0.05}
+    assert lr_factor(cfg, 0.0, warmup=0.2, first=0.01) == pytest.approx(0.05)  # (0 + one step) / warm-up
+    assert lr_factor(cfg, 0.1, warmup=0.2) == pytest.approx(0.5)
+    assert lr_factor(cfg, 0.2, warmup=0.2) == pytest.approx(1.0)
+    assert lr_factor(cfg, 0.6, warmup=0.2) == pytest.approx(0.05 + 0.95 * 0.5)  # half-way down the cosine
+    assert lr_factor(cfg, 1.0, warmup=0.2) == pytest.approx(0.05)
+    assert lr_factor(cfg, 1.7, warmup=0.2) == pytest.approx(0.05)  # past the end: stays at the floor
+    step = {**cfg, "scheduler": "step", "step_size": 2, "gamma": 0.5}
+    assert [lr_factor(step, p, 0.0, epochs=8) for p in (0.0, 0.24, 0.25, 0.5, 0.99)] == [1, 1, 0.5, 0.25, 0.125]
+    assert lr_factor({**cfg, "scheduler": "none"}, 0.7, warmup=0.0) == 1.0
 
 
-def test_the_cadence_keeps_enough_validations_for_the_curves():
-    """The segmentation recipe's costs at 3 minutes (bench/recipes.py): 22 epochs would only divide into a cadence
-    of 11 (two validations); the plan takes 21 validated every 3 instead."""
-    c = Costs(
-        step_s=0.98, frozen_step_s=0.654, steps_per_epoch=6, val_s=2.5, elapsed_s=23.0, epoch_s=0.3, final_val_s=2.5
-    )
-    p = plan(180, c, recipe_epochs=10, freeze_epochs=1)
-    assert p.epochs % p.val_every == 0 and p.epochs // p.val_every >= 4
-    assert p.epochs >= 20
+def test_the_epoch_form_is_the_progress_form_counted_in_steps():
+    """110 steps, 10 per epoch, one warm-up epoch: the per-step lambda is lr_factor at step / 110, the warm-up
+    linear over the first 10 steps from 1/10, the cosine at its floor after the last step."""
+    cfg = {**OPTIM, "warmup_epochs": 1, "scheduler": "cosine", "min_lr_ratio": 0.0}
+    f = lr_lambda(cfg, total_steps=110, steps_per_epoch=10)
+    assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert f(60) == pytest.approx(0.5)  # half-way through the 100 cosine steps
+    assert f(110) == pytest.approx(0.0)
 
 
-def test_the_safety_net_leaves_room_for_what_follows_training():
-    c = Costs(step_s=1.0, frozen_step_s=0.3, steps_per_epoch=8, val_s=4.0, elapsed_s=29.0, epoch_s=0.5, final_val_s=4.2)
-    # 180 - 29 before training - (4 validation + 0.5 checkpoints + 4.2 final + 2 + 2 % of 180 exit) = 136.7
-    assert safety_net_s(180, c) == 136
-    p = plan(180, c, recipe_epochs=8, freeze_epochs=1)
-    assert p.seconds - c.elapsed_s - c.final_s <= safety_net_s(180, c)  # the plan ends before the net
+def test_a_cached_features_phase_stays_whole_epochs():
+    assert cached_epochs({**FINETUNE, "freeze_share": 0.1, "cache_features": True}, epochs=3) == 1  # never 0
+    assert cached_epochs({**FINETUNE, "freeze_share": 0.25, "cache_features": True}, epochs=10) == 2
+    assert cached_epochs({**FINETUNE, "freeze_epochs": 3, "cache_features": True}, epochs=10) == 3
 
 
-def test_a_budget_too_short_for_one_epoch_is_a_named_error():
-    c = Costs(step_s=5.0, frozen_step_s=5.0, steps_per_epoch=20, val_s=30.0, elapsed_s=40.0)
-    with pytest.raises(ConfigError, match="run.budget 60s is too short"):
-        plan(60, c, recipe_epochs=5)
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation", "regression"])
+def test_every_recipe_keeps_a_schedule_in_three_epochs(task):
+    """`--trainer.max_epochs 3` on a few hundred images: warm-up and freeze are shares (not whole epochs) and the
+    image-level recipes get a dozen optimiser steps per epoch from 200 training images."""
+    from cvsuite.config import load_config
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / task / "finetune.yaml"
+    cfg = load_config(recipe, ["--data.root", "somewhere", "--trainer.max_epochs", "3"])
+    assert cfg.optim.warmup_epochs == 0 and cfg.finetune.freeze_epochs == 0  # the shares are the rule
+    warmup, freeze = shares(asdict(cfg.optim), asdict(cfg.finetune), epochs=3)
+    assert 0 < warmup <= 0.2 and 0 < freeze <= 0.2
+    if task in ("classification", "regression"):
+        assert math.ceil(200 / cfg.data.batch_size) >= 12
 
 
-# ---- a budgeted run --------------------------------------------------------------------------------------------
-def _budget_recipe(tmp_path: Path, budget: str) -> dict:
-    root = write_class_folders(tmp_path / "data", per_class=12)
-    return tiny_recipe(
+# ---- the clock -----------------------------------------------------------------------------------------------
+def test_progress_is_the_share_of_the_training_time_and_reaches_one_at_the_deadline_less_the_reserve():
+    clock = Clock(deadline=1100.0, now=100.0, reserve=200.0)  # 800 s of training
+    assert clock.update(100.0) == 0.0
+    assert clock.update(500.0) == pytest.approx(0.5)
+    assert clock.update(900.0) == 1.0
+    assert clock.update(400.0) == 1.0  # never back
+
+
+def test_a_reserve_re_estimated_mid_run_spreads_what_is_left_without_a_jump():
+    clock = Clock(deadline=1000.0, now=0.0, reserve=0.0)
+    assert clock.update(500.0) == pytest.approx(0.5)
+    clock.set_reserve(250.0, now=500.0)  # the final evaluation turns out dearer: 250 s of training left, not 500
+    assert clock.progress == pytest.approx(0.5)
+    assert clock.update(625.0) == pytest.approx(0.75)
+    assert clock.update(750.0) == 1.0
+    clock = Clock(deadline=1000.0, now=0.0, reserve=400.0)
+    clock.update(300.0)  # half of 600 s
+    clock.set_reserve(100.0, now=300.0)  # cheaper: 600 s left for the other half
+    assert clock.update(600.0) == pytest.approx(0.75)
+
+
+def test_a_machine_that_slows_down_still_ends_on_time_with_the_schedule_decayed():
+    """Steps of 1 s, then 3 s from a third of the way on: training stops before the deadline less the reserve, with
+    the last step at the end of the schedule."""
+    clock = Clock(deadline=130.0, now=0.0, reserve=30.0)
+    now, step, factors = 0.0, 1.0, []
+    while True:
+        if now > 33:
+            step = 3.0
+        now += step
+        clock.update(now)
+        if clock.out_of_time(now, step):
+            break
+        factors.append(lr_factor({**OPTIM, "min_lr_ratio": 0.01}, clock.progress, warmup=0.05))
+    assert now <= clock.train_end == 100.0
+    assert now > clock.train_end - 2 * step  # and did not stop early
+    assert clock.progress > 0.95 and factors[-1] < 0.02
+
+
+def test_validation_is_due_by_time_at_epoch_ends_or_inside_a_long_epoch():
+    clock = Clock(deadline=1000.0, now=0.0, reserve=0.0)
+    # A 10 s validation may come every 50 s (a fifth of the time): not after 30 s, yes after 60 s at an epoch end.
+    assert not clock.validation_due(30.0, last_val=0.0, val_s=10.0, at_epoch_end=True, epoch_rest_s=0.0)
+    assert clock.validation_due(60.0, last_val=0.0, val_s=10.0, at_epoch_end=True, epoch_rest_s=0.0)
+    # Inside an epoch only when its end is far (an epoch longer than the gap: validation by time, not epoch).
+    assert not clock.validation_due(60.0, last_val=0.0, val_s=10.0, at_epoch_end=False, epoch_rest_s=5.0)
+    assert clock.validation_due(60.0, last_val=0.0, val_s=10.0, at_epoch_end=False, epoch_rest_s=400.0)
+    # Never just before training ends: the final weights are validated then.
+    assert not clock.validation_due(990.0, last_val=0.0, val_s=10.0, at_epoch_end=True, epoch_rest_s=0.0)
+    # A cheap validation still waits 5 % of the training time.
+    assert not clock.validation_due(40.0, last_val=0.0, val_s=0.1, at_epoch_end=True, epoch_rest_s=0.0)
+
+
+def test_the_reserve_holds_what_follows_training():
+    costs = Costs(step_s=1.0, val_s=4.0, final_s=8.0, ckpt_s=1.0, after_s=3.0)
+    assert reserve_s(costs, validates=True) == pytest.approx(1.25 * 13 + 3)
+    assert reserve_s(costs, validates=False) == pytest.approx(1.25 * 9 + 3)
+
+
+# ---- budget runs -----------------------------------------------------------------------------------------------
+def _recipe(tmp_path: Path, budget: str | None, per_class: int = 12, **sections) -> dict:
+    root = write_class_folders(tmp_path / "data", per_class=per_class)
+    recipe = tiny_recipe(
         root,
         tmp_path / "runs",
-        optim={"scheduler": "cosine", "warmup_epochs": 1.0},
-        finetune={"freeze_epochs": 1},
+        optim={"scheduler": "cosine", "warmup_share": 0.1},
+        finetune={"freeze_share": 0.2},
         run={"budget": budget, "plots": False},
         trainer={"max_epochs": 4},
     )
+    for section, values in sections.items():
+        recipe[section] = {**recipe[section], **values}
+    return recipe
 
 
-def test_a_budgeted_run_trains_the_whole_planned_schedule(tmp_path, monkeypatch, caplog):
-    """With fixed measured costs the plan is known: the run trains every planned epoch, validates on the planned
-    cadence (the last epoch included), scales freeze and warm-up, and ends with the cosine fully decayed."""
-
-    def fixed_costs(module, datamodule, trainer_cfg, steps=4):
-        return 1.0, 0.5, 1.0, len(datamodule.train_dataloader())  # seconds: step, frozen step, validation batch
-
-    monkeypatch.setattr(budget, "measure", fixed_costs)
-    # The real steps are far cheaper than these costs, but a busy machine must not trip the net here (it has its
-    # own test below): this one checks that the plan reaches the Trainer, scheduler and metrics intact.
-    monkeypatch.setattr(budget, "safety_net_s", lambda budget_s, costs: 3600)
-    caplog.set_level(logging.INFO, logger="cvsuite")
-    run_dir = train(from_dict(_budget_recipe(tmp_path, "60s")))
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    epochs, every = saved["trainer"]["max_epochs"], saved["trainer"]["check_val_every_n_epoch"]
-    assert epochs > 4 and epochs % every == 0
-    assert saved["finetune"]["freeze_epochs"] == int(epochs / 4)
-    assert saved["optim"]["warmup_epochs"] == pytest.approx(epochs / 4, abs=1e-3)
-    assert any("budget plan: ≈ " in r.getMessage() for r in caplog.records)
+def _rows(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "metrics.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))  # epochs count from 1
-    validated = [int(r["epoch"]) for r in rows if r.get("val_loss")]
-    assert validated == [e for e in range(1, epochs + 1) if e % every == 0] and validated[-1] == epochs
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    lr = last["lr_schedulers"][0]["_last_lr"][0]
-    assert lr == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x optim.min_lr_ratio: the cosine ran to its end
+        return list(csv.DictReader(fh))
 
 
-def test_a_budgeted_run_measures_this_machine_and_finishes(tmp_path, caplog):
+def test_a_run_whose_data_slows_down_still_ends_in_its_budget_with_the_lr_at_its_floor(tmp_path, monkeypatch, caplog):
+    """After the first epoch every image takes 40 ms more to load (a busy disk, a neighbour on the CPU): the clock
+    sees the steps grow, and the run still ends inside the budget, validated, with the cosine at its floor and
+    metrics.json written."""
+    original = ImageClassificationDataset.__getitem__
+    loads = {"n": 0}
+
+    def slow_getitem(self, i):
+        loads["n"] += 1
+        if loads["n"] > 16 + 24:  # after the sanity check's 16 images and the first epoch's 24
+            time.sleep(0.04)
+        return original(self, i)
+
+    monkeypatch.setattr(ImageClassificationDataset, "__getitem__", slow_getitem)
     caplog.set_level(logging.INFO, logger="cvsuite")
-    run_dir = train(from_dict(_budget_recipe(tmp_path, "20s")))
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["run"]["budget"] == "20s" and saved["trainer"]["max_time"]["seconds"] < 20
-    assert saved["trainer"]["max_epochs"] % saved["trainer"]["check_val_every_n_epoch"] == 0
-    assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] is not None
-    assert any("budget plan: ≈ " in r.getMessage() for r in caplog.records)
-
-
-def test_a_resumed_budget_run_continues_its_own_plan():
-    cfg = from_dict(tiny_recipe(Path("."), Path("runs"), run={"budget": "10min"}, trainer={"max_epochs": 4}))
-    stored = {
-        "trainer": {"max_epochs": 23, "check_val_every_n_epoch": 2, "max_time": {"seconds": 500}},
-        "finetune": {"freeze_epochs": 5},
-        "optim": {"warmup_epochs": 5.75},
-    }
-    cfg.trainer["max_time"] = {"seconds": 500}
-    out = budget.resumed_config(cfg, stored)
-    assert out.trainer["max_epochs"] == 23 and out.trainer["check_val_every_n_epoch"] == 2
-    assert out.finetune.freeze_epochs == 5 and out.optim.warmup_epochs == 5.75
-    assert "max_time" not in out.trainer  # the budget counted from the first process's start
-
-
-def test_a_budget_over_several_devices_is_refused(tmp_path):
-    cfg = from_dict(tiny_recipe(tmp_path, tmp_path / "runs", run={"budget": "5min"}, trainer={"devices": 2}))
-    with pytest.raises(ConfigError, match="run.budget plans a one-process run"):
-        budget.budget_config(cfg, None, None, started=0.0)
-
-
-def test_the_plan_reserves_a_whole_split_for_the_final_evaluation():
-    """With data.val_subset, validations inside training are cheap but the final evaluation scores the whole
-    split: the plan budgets that full pass once."""
-    cheap = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=10, val_s=2.0, elapsed_s=10.0)
-    full = Costs(step_s=1.0, frozen_step_s=1.0, steps_per_epoch=10, val_s=2.0, elapsed_s=10.0, final_val_s=60.0)
-    p_cheap, p_full = plan(600, cheap, recipe_epochs=5), plan(600, full, recipe_epochs=5)
-    assert p_full.epochs < p_cheap.epochs
-    assert p_full.seconds == pytest.approx(_total(p_full, full) - full.val_s + 60.0)
-    assert p_full.seconds <= 600 * MARGIN
-
-
-def test_a_run_slower_than_its_plan_still_ends_inside_the_budget(tmp_path, monkeypatch):
-    """Measured costs far too optimistic (a busy machine after the probe): the plan asks for far more epochs than
-    fit, and the safety net stops training early enough that validation, the final evaluation and metrics.json
-    still end inside the budget."""
-
-    def optimistic(module, datamodule, trainer_cfg, steps=4):
-        return 0.0005, 0.0005, 0.0005, len(datamodule.train_dataloader())
-
-    monkeypatch.setattr(budget, "measure", optimistic)
     started = time.time()
-    run_dir = train(from_dict(_budget_recipe(tmp_path, "12s")), started=started)
+    run_dir = train(from_dict(_recipe(tmp_path, "40s")), started=started)
     wall = time.time() - started
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    with (run_dir / "metrics.csv").open() as fh:
-        trained = len(list(csv.DictReader(fh)))
-    assert trained < saved["trainer"]["max_epochs"]  # stopped by the net, not by the plan
-    assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] is not None
-    assert wall < 12
+    assert wall < 40 * 1.05  # the benchmark's bound (bench/budget.py): a step cannot be cut short
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "deadline" and metrics["accuracy"] is not None
+    assert metrics["steps_done"] >= 1  # how many depends on how busy the machine is
+    rows = _rows(run_dir)
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x min_lr_ratio
+    messages = [r.getMessage() for r in caplog.records]
+    # The final weights were validated, unless the last step ran so late that only the final evaluation fitted.
+    assert rows[-1]["val_loss"] or any("no validation of the final weights" in m for m in messages)
+    assert any(m.startswith("budget plan: 40s, trains until") for m in messages)
+    end = next(m for m in messages if m.startswith("budget 40s: trained"))
+    assert "lr at floor; stopped by deadline" in end
+
+
+def test_a_one_batch_set_follows_the_clock_too(tmp_path):
+    """Two images per class and a batch of 8: one step per epoch. The clock still measures steps, runs many epochs
+    and ends with the schedule decayed, inside the budget."""
+    started = time.time()
+    run_dir = train(from_dict(_recipe(tmp_path, "20s", per_class=2)), started=started)
+    assert time.time() - started < 20 * 1.05
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "deadline"
+    assert metrics["steps_done"] == metrics["epochs_done"] >= 1
+    rows = _rows(run_dir)
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+
+
+def test_cached_features_keep_their_whole_frozen_epoch_under_a_budget(tmp_path):
+    """finetune.cache_features: the frozen phase stays a whole epoch on cached features (a share of 3 recipe epochs
+    rounds to one), then the clock drives the image epochs to the floor."""
+    recipe = _recipe(tmp_path, "20s", per_class=4, finetune={"cache_features": True}, trainer={"max_epochs": 3})
+    run_dir = train(from_dict(recipe), started=time.time())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "deadline" and metrics["epochs_done"] > 1
+    rows = _rows(run_dir)
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+
+
+def _clock_state(path: Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return next(v for k, v in ckpt["callbacks"].items() if "BudgetClock" in k)
+
+
+def test_a_budget_run_stopped_then_resumed_continues_its_progress_with_what_is_left(tmp_path, monkeypatch, caplog):
+    """SIGTERM after one epoch: metrics.json is written anyway; the resume (the checkpoint alone) picks up the
+    progress where last.ckpt left it, with the budget less what the first process used, and decays to the floor."""
+    from tests.test_resume import StopAt
+
+    build = cvsuite.run.build_trainer
+
+    def build_stopping(*args, **kwargs):
+        trainer, best, last = build(*args, **kwargs)
+        trainer.callbacks.append(StopAt(epoch=1, batch=1))
+        return trainer, best, last
+
+    monkeypatch.setattr(cvsuite.run, "build_trainer", build_stopping)
+    with pytest.raises(TrainingInterrupted, match="continue with: cvsuite train --resume"):
+        # No warm-up: the cosine only falls, so a resumed rate above the stored one would be a restarted schedule.
+        train(from_dict(_recipe(tmp_path, "60s", optim={"warmup_share": 0.0})), started=time.time())
+    monkeypatch.setattr(cvsuite.run, "build_trainer", build)
+    run_dir = tmp_path / "runs"
+    assert json.loads((run_dir / "metrics.json").read_text())["stopped_by"] == "SIGTERM"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = _clock_state(last)
+    assert 0 < state["progress"] < 1 and 0 < state["used_s"] < 60 and state["budget_s"] == 60
+    lr_before = float(_rows(run_dir)[0]["lr"])
+
+    caplog.set_level(logging.INFO, logger="cvsuite")
+    started = time.time()
+    assert train(resume=last, started=started) == run_dir
+    assert time.time() - started < (60 - state["used_s"]) * 1.05
+    rows = _rows(run_dir)
+    assert len(rows) > 1
+    assert float(rows[1]["lr-Adam"]) <= lr_before * 1.05  # no new warm-up: the cosine goes on from where it was
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "deadline"
+    plan = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("budget plan"))
+    assert "% of the schedule done before" in plan
+
+
+def test_a_new_budget_on_resume_is_for_this_process(tmp_path, caplog):
+    run_dir = train(from_dict(_recipe(tmp_path, "12s", per_class=4)), started=time.time())
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert _clock_state(last)["progress"] == 1.0
+    caplog.set_level(logging.INFO, logger="cvsuite")
+    # The schedule is complete: resuming with the same budget only evaluates it again.
+    train(resume=last)
+    assert any("schedule of this checkpoint is complete" in r.getMessage() for r in caplog.records)
+    cfg = cvsuite.run.resume_config(last, overrides=["--run.budget", "20s"])
+    assert cfg.run.budget == "20s"
+    with pytest.raises(ConfigError, match="run.budget: this run follows a budget"):
+        cvsuite.run.resume_config(last, overrides=["--run.budget", "null"])
+
+
+def test_budget_and_epoch_runs_give_one_lr_curve_shape():
+    """The clock's lr at a share of the time equals the epoch form's at the same share of the steps."""
+    cfg = {**OPTIM, "warmup_share": 0.2, "scheduler": "cosine", "min_lr_ratio": 0.01}
+    by_steps = [lr_factor(cfg, s / 50, 0.2, first=1 / 50) for s in range(51)]
+    clock = Clock(deadline=150.0, now=0.0, reserve=50.0)
+    by_time = [lr_factor(cfg, clock.update(2.0 * s), 0.2, first=1 / 50) for s in range(51)]
+    assert by_time == pytest.approx(by_steps)
+    assert math.isclose(by_time[-1], 0.01)
+
+
+@pytest.mark.slow  # two processes through Lightning's DDP launcher
+def test_under_ddp_every_rank_follows_rank_zeros_clock(tmp_path):
+    """Two CPU processes under one budget: they unfreeze, validate and stop at the same step (a rank that stopped
+    alone would hang the other in its next all-reduce), and rank 0 writes metrics.json within the budget."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = _recipe(tmp_path, "60s", per_class=8, data={"batch_size": 2})
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CVSUITE_RUN_DIR")}
+    env.update(PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = subprocess.run(
+        [sys.executable, "tools/train.py", "--config", str(config), *ddp],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "deadline" and metrics["steps_done"] >= 1
+    # The whole process counts, two interpreters' start-up included: on a busy 2-core machine that alone can take
+    # the minute (then one step is trained), so the time is not checked here; bench/budget.py measures it.
+    assert float(_rows(tmp_path / "runs")[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)

@@ -1,10 +1,12 @@
 """Exact resume: a run interrupted at any epoch and resumed from last.ckpt ends where the uninterrupted run ends:
 the same weights, metrics.csv rows and best checkpoint, for each task (freeze -> unfreeze, EMA, augmentation and
-mixup randomness, the GAN's two optimisers), and a real SIGINT/SIGTERM to tools/train.py stops it cleanly."""
+mixup randomness, the GAN's two optimisers), and a real SIGINT/SIGTERM to tools/train.py stops it cleanly, with
+metrics.json written. ``--resume CKPT`` alone is a whole command; a resume may change only the declared keys."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -89,9 +91,11 @@ def interrupt_and_resume(recipe: dict, tmp_path: Path, monkeypatch, epoch: int, 
         return trainer, best, last
 
     monkeypatch.setattr(cvsuite.run, "build_trainer", build_stopping)
-    with pytest.raises(TrainingInterrupted, match="continue with --resume") as info:
+    with pytest.raises(TrainingInterrupted, match="continue with: cvsuite train --resume") as info:
         train(from_dict(cut_recipe))
     assert info.value.signum == signal.SIGTERM
+    stopped = json.loads((tmp_path / "cut" / "metrics.json").read_text())  # a result, even so
+    assert stopped["stopped_by"] == "SIGTERM" and stopped["steps_done"] > 0
     monkeypatch.setattr(cvsuite.run, "build_trainer", build)
     cut = tmp_path / "cut"
     assert [int(r["epoch"]) for r in _rows(cut)] == list(range(1, epoch + 1))  # the partial epoch left no row
@@ -183,11 +187,71 @@ def test_a_real_signal_stops_train_py_cleanly_and_the_resume_is_exact(tmp_path, 
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signum, err[-2000:]
-    assert "interrupted: training stopped by" in err and f"--resume {last}" in err
+    assert "interrupted: training stopped by" in err and f"cvsuite train --resume {last}" in err
     assert "Traceback" not in err
     stopped_at = _load(last)["epoch"]
     assert stopped_at < 7  # it did stop early
+    metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert metrics["stopped_by"] == signal.Signals(signum).name and metrics["accuracy"] is not None
 
-    assert train(from_dict(recipe), resume=last) == tmp_path / "cut"
+    assert train(resume=last) == tmp_path / "cut"  # the checkpoint alone: its own recipe
     full = train(from_dict({**recipe, "trainer": {**recipe["trainer"], "default_root_dir": str(tmp_path / "full")}}))
     assert_same_run(full, tmp_path / "cut")
+
+
+class Kill(Callback):
+    """Sends this process a real SIGTERM at batch `batch` of epoch `epoch`."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_mid_run_ends_with_the_final_evaluation_and_a_whole_command_to_continue(tmp_path, monkeypatch):
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    recipe = tiny_recipe(data, tmp_path / "run", run={"plots": False}, trainer={"max_epochs": 5})
+    build = cvsuite.run.build_trainer
+
+    def build_killing(*args, **kwargs):
+        trainer, best, last = build(*args, **kwargs)
+        trainer.callbacks.append(Kill(epoch=2, batch=0))  # the step goes on, then training stops
+        return trainer, best, last
+
+    monkeypatch.setattr(cvsuite.run, "build_trainer", build_killing)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(from_dict(recipe))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    message = str(info.value)
+    assert info.value.signum == signal.SIGTERM
+    assert "metrics.json scores best.ckpt" in message and f"continue with: cvsuite train --resume {last}" in message
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "SIGTERM" and metrics["checkpoint"].endswith("best.ckpt")
+    assert metrics["steps_done"] == 2 * 2 + 1 and metrics["epochs_done"] == 2.5  # 2 batches an epoch
+    assert _load(last)["epoch"] == 1  # the epoch in progress is not saved: the resume replays it
+    assert signal.getsignal(signal.SIGTERM) is not None  # the run's handler is gone again
+
+
+def test_resume_alone_is_a_whole_command_and_refuses_a_changed_recipe(tmp_path, capsys):
+    from cvsuite.commands import main
+    from cvsuite.config import ConfigError
+    from cvsuite.run import resume_config
+
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    recipe = tiny_recipe(data, tmp_path / "run", run={"plots": False}, trainer={"max_epochs": 1})
+    run_dir = train(from_dict(recipe))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as info:
+        changed = ["--data.image_size", "48", "--data.batch_size", "4", "--trainer.max_epochs", "3"]
+        resume_config(last, overrides=changed)
+    assert str(info.value).startswith("data.image_size, data.batch_size: --resume continues the checkpoint's own")
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    cfg = resume_config(last, overrides=["--data.root", str(moved), "--trainer.max_epochs", "2"])
+    assert cfg.data.root == str(moved) and cfg.trainer["max_epochs"] == 2
+    assert main(["train", "--resume", str(last), "--data.root", str(moved), "--trainer.max_epochs", "2"]) == 0
+    assert [int(r["epoch"]) for r in _rows(run_dir)] == [0, 1]
+    assert main(["train", "--resume", str(last), "--data.image_size", "48"]) == 2
+    assert "error: data.image_size: --resume continues" in capsys.readouterr().err

@@ -12,7 +12,6 @@ everything else is new.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Callable
@@ -25,7 +24,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cvsuite.config import ConfigError
-from cvsuite.optim import build_optimizer, build_scheduler, param_groups
+from cvsuite.optim import build_optimizer, param_groups, progress_scheduler
+from cvsuite.schedule import cached_epochs, shares
 
 
 class TaskModule(L.LightningModule):
@@ -205,26 +205,74 @@ class BaseTask(TaskModule):
                     "detection and segmentation it would save at most a few percent of a run (BENCHMARKS.md, "
                     "'cached features for the dense heads'), so drop the key"
                 )
-            if not (self.finetune_cfg.get("freeze_epochs") or self.finetune_cfg.get("freeze_backbone")):
+            ft = self.finetune_cfg
+            if not (ft.get("freeze_epochs") or ft.get("freeze_share") or ft.get("freeze_backbone")):
                 raise ConfigError(
                     "finetune.cache_features applies to frozen epochs, and this recipe has none: set "
-                    "finetune.freeze_epochs (or freeze_backbone), or drop cache_features"
+                    "finetune.freeze_share (or freeze_epochs, freeze_backbone), or drop cache_features"
                 )
 
     # ---- transfer learning -------------------------------------------------------------------------------
+    # Under run.budget the clock (`cvsuite.budget.BudgetClock`) attaches itself here: progress is then its share of
+    # the training time, not the optimiser step over the total.
+    clock = None
+    _frozen_now: bool | None = None
+    _recipe_epochs: int | None = None
+    _total_steps: int | None = None
+
+    def schedule_epochs(self) -> int:
+        """The epochs the recipe's epoch keys count in: ``trainer.max_epochs`` of the recipe (a budget run's Trainer
+        counts epochs by the clock)."""
+        if self.clock is not None:
+            return self.clock.recipe_epochs
+        if self._recipe_epochs is None and self._trainer is not None:
+            self._recipe_epochs = max(1, int(self.trainer.max_epochs or 1))
+        return self._recipe_epochs or 1
+
+    def schedule_progress(self) -> float:
+        """The share of the schedule done: the clock's share of the training time under run.budget, else the
+        optimiser step over the total steps (exact across a resume: both are restored from the checkpoint)."""
+        if self.clock is not None:
+            return self.clock.progress
+        if self._total_steps is None:
+            self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return min(1.0, self.global_step / self._total_steps)
+
+    def frozen_epochs(self) -> int | None:
+        """Whole frozen epochs where the switch must fall on an epoch boundary: with ``finetune.cache_features`` (the
+        frozen epochs' loader holds cached features; the phase is kept whole, at least one epoch) and for the epoch
+        key ``freeze_epochs`` of an epoch-based run. None when the freeze is a share switched at any step."""
+        ft = self.finetune_cfg
+        if ft.get("cache_features"):
+            return cached_epochs(ft, self.schedule_epochs())
+        if ft.get("freeze_epochs") and self.clock is None:
+            return int(ft["freeze_epochs"])
+        return None
+
     def backbone_frozen(self, epoch: int | None = None) -> bool:
-        epoch = self.current_epoch if epoch is None else epoch
-        return bool(self.finetune_cfg.get("freeze_backbone")) or epoch < int(self.finetune_cfg.get("freeze_epochs", 0))
+        """Whether the backbone is frozen now (or in `epoch`): for the whole run, for whole epochs
+        (`frozen_epochs`), or while progress is below ``finetune.freeze_share`` (``freeze_epochs`` over
+        ``trainer.max_epochs`` under run.budget)."""
+        ft = self.finetune_cfg
+        if ft.get("freeze_backbone"):
+            return True
+        whole = self.frozen_epochs()
+        if whole is not None:
+            return (self.current_epoch if epoch is None else epoch) < whole
+        freeze = shares(self.optim_cfg, ft, self.schedule_epochs()).freeze
+        progress = self.schedule_progress() if epoch is None else epoch / self.schedule_epochs()
+        return freeze > 0 and progress < freeze
 
     def apply_freeze(self) -> None:
-        """Set requires_grad (and BatchNorm mode) of the backbone for the current epoch.
+        """Set requires_grad (and BatchNorm mode) of the backbone for the current step.
 
-        It depends only on current_epoch, so a run resumed mid-schedule freezes or unfreezes exactly as the
-        uninterrupted run would.
+        It depends only on the progress (or the epoch), which a checkpoint restores, so a resumed run freezes and
+        unfreezes exactly where the uninterrupted run would.
         """
         frozen = self.backbone_frozen()
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
+        self._frozen_now = frozen
         self.train(self.training)
         self._sync_ddp()
 
@@ -246,6 +294,12 @@ class BaseTask(TaskModule):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self.apply_freeze()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A freeze share ends at a step, not an epoch end. Switched between whole accumulated steps only; under DDP
+        # every rank switches at the same step (progress is the same on all: steps, or rank 0's clock).
+        if batch_idx % self.trainer.accumulate_grad_batches == 0 and self.backbone_frozen() != self._frozen_now:
+            self.apply_freeze()
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Weights (not biases) of everything outside the backbone, for the optional L1 penalty."""
@@ -270,8 +324,13 @@ class BaseTask(TaskModule):
             layer_decay=self.finetune_cfg.get("layer_decay"),
         )
         optimizer = build_optimizer(groups, self.optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, int(self.trainer.max_epochs or 1))
-        per_epoch = max(1, math.ceil(total / epochs))
-        scheduler = build_scheduler(optimizer, self.optim_cfg, total, per_epoch)
+        epochs = self.schedule_epochs()
+        warmup = shares(self.optim_cfg, self.finetune_cfg, epochs).warmup
+        clock = self.clock
+        if clock is not None:  # run.budget: the rate follows the share of the training time spent
+            scheduler = progress_scheduler(optimizer, self.optim_cfg, lambda _: clock.lr_progress(), warmup, epochs)
+        else:
+            self._total_steps = total = max(1, int(self.trainer.estimated_stepping_batches))
+            by_step = lambda step: step / total  # noqa: E731
+            scheduler = progress_scheduler(optimizer, self.optim_cfg, by_step, warmup, epochs, 1 / total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
