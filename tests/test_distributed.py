@@ -124,7 +124,7 @@ def test_generation_ddp_both_optimisers_fid_kid_equal_one_process(tmp_path):
     run = _train_ddp(recipe, tmp_path)
     _check_run(run, "generation", 1)
     assert json.loads((run / "metrics.json").read_text())["num_real"] == 7
-    assert (run / "samples" / "epoch_000.png").is_file()
+    assert (run / "samples" / "epoch_001.png").is_file()
 
 
 def test_torchrun_launch_trains_and_its_checkpoint_evaluates(tmp_path):

@@ -39,6 +39,7 @@ from cvsuite.models.generation import (
     standing_stats,
 )
 from cvsuite.optim import build_optimizer, build_scheduler, param_groups
+from cvsuite.outputs import atomic_path
 from cvsuite.tasks import TaskSpec
 from cvsuite.tasks.base import TaskModule
 
@@ -75,7 +76,7 @@ class GenerationModelConfig:
     extra_feature_networks: list[str] = field(default_factory=lambda: [DEFAULT_BACKBONE])  # fid_<name> columns too
     kid_subset_size: int = 100  # images per KID subset (capped at the number of images)
     inception_weights: str | None = None  # torch-fidelity's Inception weights file: adds the classic fid_inception
-    grid_size: int = 64  # fixed-noise samples drawn into <run>/samples/epoch_NNN.png
+    grid_size: int = 64  # fixed-noise samples drawn into <run>/samples/epoch_NNN.png (NNN from 001)
     channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
     compile: bool = False  # torch.compile the discriminator's frozen backbone (GPU; slow to start)
 
@@ -375,14 +376,15 @@ class GenerationTask(TaskModule):
 
 
 class SampleGrid(Callback):
-    """After each validation of a fit, the fixed-noise grid of the EMA generator as ``samples/epoch_NNN.png``."""
+    """After each validation of a fit, the fixed-noise grid of the EMA generator as ``samples/epoch_NNN.png``
+    (NNN counted from 001)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.folder = Path(run_dir) / "samples"
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: GenerationTask) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.is_global_zero:
-            save_grid(module.sample_grid(), self.folder / f"epoch_{trainer.current_epoch:03d}.png")
+            save_grid(module.sample_grid(), self.folder / f"epoch_{trainer.current_epoch + 1:03d}.png")
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -394,8 +396,8 @@ def save_grid(images: torch.Tensor, path: Path) -> Path:
     """(N, 3, H, W) in [0, 1] -> one PNG, as square as possible."""
     from torchvision.utils import save_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.cpu(), path, nrow=max(1, math.isqrt(len(images))), padding=2, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        save_image(images.cpu(), tmp, nrow=max(1, math.isqrt(len(images))), padding=2, pad_value=1.0)
     return path
 
 
@@ -444,7 +446,8 @@ def generate_images(
     pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     paths = [output / f"{i:05d}.png" for i in range(num)]
     for path, arr in zip(paths, pixels):
-        Image.fromarray(arr).save(path)
+        with atomic_path(path) as tmp:  # an interrupted run leaves whole PNGs only
+            Image.fromarray(arr).save(tmp)
     return paths
 
 
