@@ -527,10 +527,11 @@ def check_combinations(cfg: Config) -> None:
             f"'data.image_size' must be a multiple of 32 for detection (the deepest feature stride), got "
             f"{cfg.data.image_size}"
         )
-    if cfg.finetune.cache_features and not (cfg.finetune.freeze_epochs or cfg.finetune.freeze_backbone):
+    frozen = cfg.finetune.freeze_share or cfg.finetune.freeze_epochs or cfg.finetune.freeze_backbone
+    if cfg.finetune.cache_features and not frozen:
         raise ConfigError(
-            "finetune.cache_features applies to frozen epochs, and this recipe has none: set finetune.freeze_epochs "
-            "(or freeze_backbone), or drop cache_features"
+            "finetune.cache_features applies to a frozen phase, and this recipe has none: set finetune.freeze_share "
+            "(or freeze_epochs, freeze_backbone), or drop cache_features"
         )
     if run.budget is not None:
         from cvsuite.budget import parse_duration

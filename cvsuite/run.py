@@ -321,10 +321,10 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
         evaluated, scored = module, "the last weights (no checkpoint was written yet)"
     metrics = _evaluate_module(evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots)
     metrics.update(dm.describe())
-    # Counted in batches, not optimiser steps: the GAN steps twice per batch (G and D), accumulation less than once.
-    batches = trainer.fit_loop.epoch_loop.batch_progress.total.completed
-    per_epoch = trainer.num_training_batches
-    epochs = round(batches / per_epoch, 2) if per_epoch and per_epoch != float("inf") else 0.0
+    # The GAN steps its two optimisers once each per batch, and each step counts in global_step.
+    per_batch = 1 if module.automatic_optimization else max(1, len(trainer.optimizers))
+    steps_per_epoch = max(1, trainer.num_training_batches) / max(1, trainer.accumulate_grad_batches) * per_batch
+    epochs = round(trainer.global_step / steps_per_epoch, 2) if trainer.num_training_batches else 0.0
     stopped_by = _stopped_by(trainer, clock, signum)
     metrics.update(
         checkpoint=str(best) if best and Path(best).is_file() else None,

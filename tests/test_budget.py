@@ -227,7 +227,7 @@ def test_a_run_whose_data_slows_down_still_ends_in_its_budget_with_the_lr_at_its
     assert metrics["stopped_by"] == "deadline" and metrics["accuracy"] is not None
     assert metrics["steps_done"] >= 1  # how many depends on how busy the machine is
     rows = _rows(run_dir)
-    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x min_lr_ratio
+    assert float(rows[-1]["lr_head"]) == pytest.approx(0.01 * 0.01, rel=0.05)  # optim.lr x min_lr_ratio
     messages = [r.getMessage() for r in caplog.records]
     # The final weights were validated, unless the last step ran so late that only the final evaluation fitted.
     assert rows[-1]["val_loss"] or any("no validation of the final weights" in m for m in messages)
@@ -246,7 +246,7 @@ def test_a_one_batch_set_follows_the_clock_too(tmp_path):
     assert metrics["stopped_by"] == "deadline"
     assert metrics["steps_done"] == metrics["epochs_done"] >= 1
     rows = _rows(run_dir)
-    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+    assert float(rows[-1]["lr_head"]) == pytest.approx(0.01 * 0.01, rel=0.05)
 
 
 def test_cached_features_keep_their_whole_frozen_epoch_under_a_budget(tmp_path):
@@ -257,7 +257,7 @@ def test_cached_features_keep_their_whole_frozen_epoch_under_a_budget(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline" and metrics["epochs_done"] > 1
     rows = _rows(run_dir)
-    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+    assert float(rows[-1]["lr_head"]) == pytest.approx(0.01 * 0.01, rel=0.05)
 
 
 def _clock_state(path: Path) -> dict:
@@ -287,7 +287,7 @@ def test_a_budget_run_stopped_then_resumed_continues_its_progress_with_what_is_l
     last = run_dir / "checkpoints" / "last.ckpt"
     state = _clock_state(last)
     assert 0 < state["progress"] < 1 and 0 < state["used_s"] < 60 and state["budget_s"] == 60
-    lr_before = float(_rows(run_dir)[0]["lr"])
+    lr_before = float(_rows(run_dir)[0]["lr_head"])
 
     caplog.set_level(logging.INFO, logger="cvsuite")
     started = time.time()
@@ -295,8 +295,8 @@ def test_a_budget_run_stopped_then_resumed_continues_its_progress_with_what_is_l
     assert time.time() - started < (60 - state["used_s"]) * 1.05
     rows = _rows(run_dir)
     assert len(rows) > 1
-    assert float(rows[1]["lr-Adam"]) <= lr_before * 1.05  # no new warm-up: the cosine goes on from where it was
-    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+    assert float(rows[1]["lr_head"]) <= lr_before * 1.05  # no new warm-up: the cosine goes on from where it was
+    assert float(rows[-1]["lr_head"]) == pytest.approx(0.01 * 0.01, rel=0.05)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "deadline"
     plan = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("budget plan"))
@@ -353,4 +353,4 @@ def test_under_ddp_every_rank_follows_rank_zeros_clock(tmp_path):
     assert metrics["stopped_by"] == "deadline" and metrics["steps_done"] >= 1
     # The whole process counts, two interpreters' start-up included: on a busy 2-core machine that alone can take
     # the minute (then one step is trained), so the time is not checked here; bench/budget.py measures it.
-    assert float(_rows(tmp_path / "runs")[-1]["lr"]) == pytest.approx(0.01 * 0.01, rel=0.05)
+    assert float(_rows(tmp_path / "runs")[-1]["lr_head"]) == pytest.approx(0.01 * 0.01, rel=0.05)

@@ -252,6 +252,6 @@ def test_resume_alone_is_a_whole_command_and_refuses_a_changed_recipe(tmp_path, 
     cfg = resume_config(last, overrides=["--data.root", str(moved), "--trainer.max_epochs", "2"])
     assert cfg.data.root == str(moved) and cfg.trainer["max_epochs"] == 2
     assert main(["train", "--resume", str(last), "--data.root", str(moved), "--trainer.max_epochs", "2"]) == 0
-    assert [int(r["epoch"]) for r in _rows(run_dir)] == [0, 1]
+    assert [int(r["epoch"]) for r in _rows(run_dir)] == [1, 2]
     assert main(["train", "--resume", str(last), "--data.image_size", "48"]) == 2
     assert "error: data.image_size: --resume continues" in capsys.readouterr().err
