@@ -57,7 +57,7 @@ def test_after_the_cached_phase_the_backbone_fine_tunes_on_images(tmp_path):
 def test_cache_features_without_a_frozen_phase_is_refused(tmp_path):
     root = write_class_folders(tmp_path / "data", per_class=4)
     recipe = tiny_recipe(root, tmp_path / "run", finetune={"cache_features": True})
-    with pytest.raises(ConfigError, match="finetune.cache_features applies to frozen epochs"):
+    with pytest.raises(ConfigError, match="finetune.cache_features applies to a frozen phase"):
         train(from_dict(recipe))
     assert not (tmp_path / "run").exists()
 

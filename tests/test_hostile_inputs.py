@@ -158,8 +158,8 @@ def test_a_hostile_command_is_named_before_anything_is_written(argv, text, place
         ("generation", {"model.latent_dim": 0}, "'model.latent_dim' must be >= 1"),
         (
             "classification",
-            {"finetune.cache_features": True, "finetune.freeze_epochs": 0},
-            "finetune.cache_features applies to frozen epochs",
+            {"finetune.cache_features": True, "finetune.freeze_share": None, "finetune.freeze_epochs": 0},
+            "finetune.cache_features applies to a frozen phase",
         ),
         ("classification", {"run.seed": -1}, "'run.seed' must be in [0, 4294967295]"),
     ],
