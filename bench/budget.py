@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from recipes import SHARED, write_detection_split, write_segmentation_split
+from bench_data import SHARED, write_detection_split, write_segmentation_split
 from train_tool import REPO, metrics
 
 from cvsuite.budget import parse_duration

@@ -16,8 +16,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from bench_data import write_segmentation_split
 from probe import measure
-from recipes import write_segmentation_split
 from train_tool import REPO, metrics, train_tool
 
 from cvsuite.config import load_config
