@@ -22,6 +22,7 @@ from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from cvsuite.config import ConfigError
@@ -107,15 +108,55 @@ def with_boxes(custom: A.Compose, params: A.BboxParams) -> A.Compose:
 
 
 # ---- segmentation -------------------------------------------------------------------------------------------------
-def segmentation_train(preset: str, crop_size: int, image_size: int | None, mean, std, ignore_index: int) -> A.Compose:
+class ClassCentredCrop(A.RandomCrop):
+    """A random crop that, for a `share` of the samples, lies over a pixel of one class picked uniformly among the
+    classes in the mask (nnU-Net's foreground oversampling with every class counted): a class of a few thin or small
+    regions gets crops of its own instead of its share of the area, which random crops give it (a pole in 1 % of the
+    pixels is in many crops, but at their border and cut). Expects the image padded to the crop size first."""
+
+    def __init__(self, height: int, width: int, share: float, ignore_index: int, p: float = 1.0) -> None:
+        super().__init__(height, width, p=p)
+        self.share = share
+        self.ignore_index = ignore_index
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        out = super().get_params_dependent_on_data(params, data)
+        mask = data.get("mask")
+        if mask is None or self.share <= 0 or self.py_random.random() >= self.share:
+            return out
+        classes = [c for c in np.unique(mask).tolist() if c != self.ignore_index]
+        if not classes:
+            return out
+        ys, xs = np.nonzero(mask == classes[self.py_random.randrange(len(classes))])
+        i = self.py_random.randrange(len(ys))
+        height, width = mask.shape[:2]
+        # The chosen pixel anywhere in the window (not always its centre), the window inside the image.
+        y0 = min(max(int(ys[i]) - self.py_random.randrange(self.height), 0), max(height - self.height, 0))
+        x0 = min(max(int(xs[i]) - self.py_random.randrange(self.width), 0), max(width - self.width, 0))
+        out["crop_coords"] = (x0, y0, x0 + min(self.width, width), y0 + min(self.height, height))
+        return out
+
+
+def segmentation_train(
+    preset: str,
+    crop_size: int,
+    image_size: int | None,
+    mean,
+    std,
+    ignore_index: int,
+    class_crops: float = 0.0,
+) -> A.Compose:
     """Scale-preserving crops, so training sees objects at the size validation (full image) sees them; padding
-    and rotation borders are `ignore_index` in the mask, so they count for nothing."""
+    and rotation borders are `ignore_index` in the mask, so they count for nothing. `class_crops`: the share of
+    crops placed over a class picked uniformly among the image's classes (`ClassCentredCrop`)."""
     ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
     if preset != "none":
         ops.append(A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0))
     ops += [
         A.PadIfNeeded(crop_size, crop_size, border_mode=0, fill=0, fill_mask=ignore_index),
-        A.RandomCrop(crop_size, crop_size),
+        ClassCentredCrop(crop_size, crop_size, class_crops, ignore_index)
+        if class_crops
+        else A.RandomCrop(crop_size, crop_size),
     ]
     if preset != "none":
         ops.append(A.HorizontalFlip())

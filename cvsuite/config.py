@@ -257,6 +257,7 @@ RANGES: dict[str, Range] = {
     "data.image_size": AT_LEAST_ONE,
     "data.crop_size": AT_LEAST_ONE,
     "data.crops_per_image": AT_LEAST_ONE,
+    "data.class_crops": PROBABILITY,
     "data.num_workers": Range(0, also=(-1,)),
     "data.val_fraction": Range(0, 1, low_open=True, high_open=True),
     "data.mixup_alpha": NON_NEGATIVE,
@@ -532,6 +533,11 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(
             "finetune.cache_features applies to a frozen phase, and this recipe has none: set finetune.freeze_share "
             "(or freeze_epochs, freeze_backbone), or drop cache_features"
+        )
+    if getattr(cfg.data, "class_crops", 0) and cfg.data.train_transforms:
+        raise ConfigError(
+            "data.class_crops places the preset pipeline's crops, and data.train_transforms replaces that pipeline: "
+            "drop one of them"
         )
     if run.budget is not None:
         from cvsuite.budget import parse_duration

@@ -262,6 +262,64 @@ def test_crops_of_small_images_are_padded_with_ignore():
     assert (m == 1).sum() == 600 and (m == 255).sum() == 64 * 64 - 600
 
 
+def thin_and_rare_mask(h: int = 75, w: int = 100) -> np.ndarray:
+    """Background with a 1-pixel pole (class 1) near one edge and a 3x3 blob (class 2) in a far corner."""
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, 3] = 1
+    mask[h - 5 : h - 2, w - 5 : w - 2] = 2
+    mask[0, 50:60] = 255  # void pixels are never a crop's class
+    return mask
+
+
+@pytest.mark.parametrize("preset", ["none", "light"])
+def test_class_crops_give_thin_and_rare_classes_crops_of_their_own(preset):
+    """A 75x100 image whose pole and blob cover 1 % of it: random 32-px crops hold the blob in about one in
+    forty; with data.class_crops 1.0 each of the three classes is picked for a third of the crops (the blob then in
+    over a quarter of them, 300 draws), crops stay aligned (brightness encodes the class) at the crop size."""
+    mask = thin_and_rare_mask()
+    image = np.repeat((mask.astype(int) * 100 % 256).astype(np.uint8)[..., None], 3, axis=2)
+
+    def seen(share: float) -> tuple[float, float]:
+        pipeline = train_transforms(preset, 32, None, (0.0,) * 3, (1.0,) * 3, 255, class_crops=share)
+        pipeline.set_random_seed(0)
+        pole = blob = 0
+        for _ in range(300):
+            out = pipeline(image=image, mask=mask)
+            m = np.asarray(out["mask"]).astype(int)
+            assert out["image"].shape == (3, 32, 32) and m.shape == (32, 32)
+            brightness = (out["image"].numpy()[0] * 255).round().astype(int)
+            valid = m != 255
+            # light's scale jitter blends edges: most pixels (the blob's centre included) keep their class value
+            assert (brightness == m * 100 % 256)[valid].mean() > 0.9
+            pole += (m == 1).any()
+            blob += (m == 2).any()
+        return pole / 300, blob / 300
+
+    pole0, blob0 = seen(0.0)
+    pole1, blob1 = seen(1.0)
+    assert blob0 < 0.1 and blob1 > 0.25, (blob0, blob1)
+    assert pole1 > pole0 + 0.1 and pole1 > 0.3, (pole0, pole1)
+
+
+def test_class_crops_with_a_custom_pipeline_is_refused():
+    from cvsuite.config import ConfigError, load_config
+
+    custom = ["--data.train_transforms", '{"transform": {"__class_fullname__": "Compose", "transforms": []}}']
+    with pytest.raises(ConfigError, match="data.class_crops"):
+        load_config("configs/segmentation/finetune.yaml", ["--data.class_crops", "0.5", *custom])
+    with pytest.raises(ConfigError, match="data.class_crops"):
+        load_config("configs/segmentation/finetune.yaml", ["--data.class_crops", "1.5"])
+
+
+def test_class_crops_reach_the_training_pipeline(tmp_path):
+    write_dataset(tmp_path, size=(75, 100))
+    dm = datamodule(tmp_path, class_crops=0.5)
+    crops = [t for t in dm.train_set.transform.transforms if type(t).__name__ == "ClassCentredCrop"]
+    assert len(crops) == 1 and crops[0].share == 0.5
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["mask"].shape[-2:] == (32, 32)
+
+
 def test_pad_collate_keeps_true_sizes():
     batch = [
         {"image": torch.ones(3, 20, 30), "mask": torch.ones(40, 60, dtype=torch.long), "path": "a", "index": 0},

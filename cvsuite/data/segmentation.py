@@ -74,6 +74,7 @@ class SegmentationDataConfig:
     image_size: int | None = None  # resize so the longer side is this (train, val, predict); None = native size
     crop_size: int = 256  # square training crops (padded with ignore_index where the image is smaller)
     crops_per_image: int = 1  # random crops of each training image per epoch (small datasets of large images)
+    class_crops: float = 0.0  # share of crops placed over a class picked uniformly among the image's classes
     batch_size: int = 8
     num_workers: int = -1  # -1 = cores - 1
     augment: Literal["none", "light", "strong"] = "light"  # see cvsuite/augment.py
@@ -586,7 +587,13 @@ class SegmentationDataModule(ContractDataModule):
     def preset_train(self) -> A.Compose:
         cfg = self.cfg
         return augment.segmentation_train(
-            cfg.augment, cfg.crop_size, cfg.image_size, self.norm.mean, self.norm.std, self.ignore_index
+            cfg.augment,
+            cfg.crop_size,
+            cfg.image_size,
+            self.norm.mean,
+            self.norm.std,
+            self.ignore_index,
+            cfg.class_crops,
         )
 
     def preset_eval(self) -> A.Compose:
