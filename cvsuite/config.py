@@ -278,6 +278,8 @@ RANGES: dict[str, Range] = {
     "model.max_detections": AT_LEAST_ONE,
     "model.fpn_channels": AT_LEAST_ONE,
     "model.head_convs": NON_NEGATIVE,
+    "model.box_loss_weight": POSITIVE,
+    "model.center_sampling_radius": POSITIVE,
     "model.huber_delta": POSITIVE,
     "model.dice_weight": NON_NEGATIVE,
     "model.decoder_width": AT_LEAST_ONE,

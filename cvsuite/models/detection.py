@@ -30,6 +30,9 @@ from cvsuite.config import ConfigError
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, feature_channels, feature_reductions
 
 ARCHITECTURES = ("fcos", "retinanet", "faster_rcnn")
+# The box regression losses that model.box_loss_weight scales: GIoU (fcos), smooth L1 (retinanet, faster_rcnn's box
+# head); the RPN's proposals keep weight 1.
+BOX_LOSSES = ("bbox_regression", "loss_box_reg")
 
 
 class Float32P6P7(LastLevelP6P7):
@@ -116,7 +119,8 @@ def _one_stage_anchors(strides: Sequence[int], retina: bool) -> AnchorGenerator:
 class Detector(nn.Module):
     """One of torchvision's detectors on a `TimmFPN`, with labels 0..K-1 in and out.
 
-    Training: ``forward(images, targets)`` -> dict of losses. Inference: ``forward(images)`` -> per image
+    Training: ``forward(images, targets)`` -> dict of losses (the box regression loss times ``box_loss_weight``).
+    Inference: ``forward(images)`` -> per image
     ``boxes`` (N, 4) xyxy pixels of the input image, ``scores`` (N,), ``labels`` (N,) in 0..K-1.
     images: list of (3, H, W) normalised tensors (sizes may differ); targets: per image ``boxes``, ``labels``.
     """
@@ -135,6 +139,8 @@ class Detector(nn.Module):
         score_thresh: float = 0.05,
         nms_iou: float = 0.6,
         max_detections: int = 100,
+        box_loss_weight: float = 1.0,
+        center_sampling_radius: float = 1.5,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -146,6 +152,7 @@ class Detector(nn.Module):
                 f"model.fpn_channels must be a multiple of 32 and at least 64 for fcos, got {fpn_channels}"
             )
         self.architecture = architecture
+        self.box_loss_weight = float(box_loss_weight)
         # Faster R-CNN reserves label 0 for background; the one-stage heads use sigmoid scores over K classes.
         self.label_offset = 1 if architecture == "faster_rcnn" else 0
         body = create_backbone(
@@ -166,7 +173,14 @@ class Detector(nn.Module):
         if architecture == "fcos":
             anchors = _one_stage_anchors(trunk.strides, retina=False)
             head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
-            self.model = FCOS(trunk, num_classes, anchor_generator=anchors, head=head, **common)
+            self.model = FCOS(
+                trunk,
+                num_classes,
+                anchor_generator=anchors,
+                head=head,
+                center_sampling_radius=center_sampling_radius,
+                **common,
+            )
         elif architecture == "retinanet":
             anchors = _one_stage_anchors(trunk.strides, retina=True)
             self.model = RetinaNet(trunk, num_classes, anchor_generator=anchors, **common)
@@ -212,7 +226,7 @@ class Detector(nn.Module):
             targets = [{**t, "labels": t["labels"] + self.label_offset} for t in targets]
         out = self.model(images, targets)
         if isinstance(out, dict):  # losses
-            return out
+            return {k: v * self.box_loss_weight if k in BOX_LOSSES else v for k, v in out.items()}
         if self.label_offset:
             out = [{**d, "labels": d["labels"] - self.label_offset} for d in out]
         return out

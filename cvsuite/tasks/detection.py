@@ -34,6 +34,8 @@ class DetectionModelConfig:
     fpn_channels: int = 128  # FPN and head width (fcos: a multiple of 32, at least 64)
     head_convs: int = 4  # fcos: conv layers in each head branch (fewer = faster on a CPU)
     drop_path_rate: float | None = None  # stochastic depth inside the backbone (timm's default when null)
+    box_loss_weight: float = 1.0  # the box regression loss (fcos: GIoU) against classification's 1
+    center_sampling_radius: float = 1.5  # fcos: positives within this many strides of a box centre
     score_thresh: float = 0.05  # detections below are dropped before NMS (keep low for mAP)
     nms_iou: float = 0.6  # NMS IoU threshold (per class)
     max_detections: int = 100  # per image, after NMS
@@ -57,6 +59,8 @@ class DetectionTask(BaseTask):
         fpn_channels: int = 128,
         head_convs: int = 4,
         drop_path_rate: float | None = None,
+        box_loss_weight: float = 1.0,
+        center_sampling_radius: float = 1.5,
         score_thresh: float = 0.05,
         nms_iou: float = 0.6,
         max_detections: int = 100,
@@ -82,6 +86,8 @@ class DetectionTask(BaseTask):
             score_thresh=score_thresh,
             nms_iou=nms_iou,
             max_detections=max_detections,
+            box_loss_weight=box_loss_weight,
+            center_sampling_radius=center_sampling_radius,
             drop_path_rate=drop_path_rate,
         )
         self.evaluator = DetectionEvaluator(class_names, eval_backend)
