@@ -280,6 +280,7 @@ RANGES: dict[str, Range] = {
     "model.head_convs": NON_NEGATIVE,
     "model.box_loss_weight": POSITIVE,
     "model.center_sampling_radius": POSITIVE,
+    "model.frozen_levels": NON_NEGATIVE,
     "model.huber_delta": POSITIVE,
     "model.dice_weight": NON_NEGATIVE,
     "model.decoder_width": AT_LEAST_ONE,

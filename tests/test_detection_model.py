@@ -233,3 +233,42 @@ def test_box_loss_weight_and_radius_are_checked_and_kept_by_the_checkpoint(tmp_p
     trainer.save_checkpoint(tmp_path / "t.ckpt")
     loaded = DetectionTask.load_from_checkpoint(tmp_path / "t.ckpt", pretrained=False)
     assert loaded.detector.box_loss_weight == 2.0 and loaded.detector.model.center_sampling_radius == 2.5
+
+
+def test_frozen_levels_keep_the_first_layers_fixed_through_the_freeze_schedule():
+    torch.manual_seed(0)
+    task = _task(frozen_levels=2, finetune={"freeze_share": 0.5})
+    trunk = task.detector.trunk
+    fixed = ("conv_stem", "bn1", "blocks.0", "blocks.1")
+    assert sorted(task.state_dict()) == sorted(_task().state_dict())  # nothing stored twice
+    task._frozen_now = None
+    for frozen_phase in (True, False):  # the schedule's frozen phase, then the whole trunk unfrozen
+        task.backbone_frozen = lambda epoch=None, f=frozen_phase: f
+        task.apply_freeze()
+        task.train()
+        for name, p in trunk.named_parameters():
+            assert p.requires_grad == (not frozen_phase and not name.startswith(fixed)), name
+    bn = trunk.blocks[1][0].bn1
+    assert not bn.training and trunk.blocks[2][0].bn1.training
+    stats, weights = bn.running_mean.clone(), trunk.conv_stem.weight.clone()
+    later = trunk.blocks[2][0].conv_pwl.weight.clone()
+    images, targets = _batch()
+    images.append(torch.rand(3, 75, 100) - 0.5)
+    targets.append({"boxes": torch.tensor([[10.0, 20.0, 50.0, 70.0]]), "labels": torch.tensor([0])})
+    opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.1)
+    sum(task.detector(images, targets).values()).backward()
+    opt.step()
+    assert trunk.conv_stem.weight.grad is None
+    assert torch.equal(bn.running_mean, stats) and torch.equal(trunk.conv_stem.weight, weights)
+    assert not torch.equal(trunk.blocks[2][0].conv_pwl.weight, later)
+
+
+def test_frozen_levels_follow_the_backbone_and_are_checked():
+    det = Detector(
+        "fcos", num_classes=2, frozen_levels=2, **{**TINY, "backbone": "test_resnet", "out_indices": [2, 3, 4]}
+    )
+    det.fix_early_layers()
+    frozen = {n.split(".")[0] for n, p in det.trunk.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1"}
+    with pytest.raises(ValueError, match=r"model.frozen_levels must be in \[0, 5\] .*got 6"):
+        Detector("fcos", num_classes=2, frozen_levels=6, **TINY)

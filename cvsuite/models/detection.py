@@ -141,6 +141,7 @@ class Detector(nn.Module):
         max_detections: int = 100,
         box_loss_weight: float = 1.0,
         center_sampling_radius: float = 1.5,
+        frozen_levels: int = 0,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -164,6 +165,8 @@ class Detector(nn.Module):
             **backbone_kwargs,
         )
         trunk = TimmFPN(body, fpn_channels, "pool" if architecture == "faster_rcnn" else "p6p7")
+        # A plain list: the same modules, not registered twice (the checkpoint's keys stay those of the trunk).
+        self.fixed: list[nn.Module] = early_layers(body, frozen_levels)
         common = {
             "min_size": image_size,
             "max_size": image_size,
@@ -205,6 +208,20 @@ class Detector(nn.Module):
         for part in _prediction_layers(self.model):
             part.register_forward_hook(_outputs_to_float)
 
+    def fix_early_layers(self) -> None:
+        """model.frozen_levels: the trunk's layers up to that feature level stay frozen for the whole run (after
+        any freeze schedule has set the rest), their BatchNorm in eval; `train` keeps them so."""
+        for m in self.fixed:
+            m.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Detector:
+        super().train(mode)
+        for m in (m for layer in self.fixed for m in layer.modules()):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
     @property
     def trunk(self) -> nn.Module:
         """The pretrained timm feature extractor (what freezing and the backbone lr apply to)."""
@@ -245,6 +262,29 @@ class Detector(nn.Module):
         finally:
             for m, mode in modes.items():
                 m.training = mode
+
+
+def early_layers(body: nn.Module, levels: int) -> list[nn.Module]:
+    """The modules of a timm ``features_only`` trunk that compute its first `levels` feature levels (all of them,
+    listed in ``body.feature_info``, whatever ``out_indices`` keeps): for EfficientNet ``levels=2`` is the stem,
+    ``blocks.0`` and ``blocks.1`` (strides 2 and 4), for ResNet the stem and ``layer1``. timm registers a trunk's
+    layers in the order they run, so they are the modules listed before the end of that level's module."""
+    info = body.feature_info.info
+    if not 0 <= levels <= len(info):
+        raise ConfigError(
+            f"model.frozen_levels must be in [0, {len(info)}] (the backbone's feature levels), got {levels}"
+        )
+    if levels == 0:
+        return []
+    last = info[levels - 1]["module"]
+    names = [n for n, _ in body.named_modules()]
+    end = names.index(last) + 1
+    while end < len(names) and names[end].startswith(last + "."):
+        end += 1
+    # The parents of that module hold later layers too: leave them out. Of the rest, the outermost modules only.
+    inside = [n for n in names[1:end] if not last.startswith(n + ".")]
+    chosen = [n for n in inside if not any(n.startswith(c + ".") for c in inside)]
+    return [body.get_submodule(n) for n in chosen]
 
 
 def _prediction_layers(model: nn.Module) -> list[nn.Module]:
