@@ -81,6 +81,9 @@ TRAINING_KEYS = (
     "model.class_weights",
     "model.dice_weight",
     "model.huber_delta",
+    "model.box_loss_weight",
+    "model.center_sampling_radius",
+    "model.frozen_levels",
     "model.dropout",
     "model.drop_path_rate",
 )

@@ -174,3 +174,101 @@ def test_boxes_map_back_to_the_original_image():
     ]
     out = to_original(pred, [torch.zeros(3, 32, 64)], [(96, 256)])  # input is the original shrunk 4x / 3x
     torch.testing.assert_close(out[0]["boxes"], torch.tensor([[40.0, 15.0, 80.0, 45.0]]))
+
+
+@pytest.mark.parametrize("architecture, box_key", [("fcos", "bbox_regression"), ("retinanet", "bbox_regression")])
+def test_box_loss_weight_scales_the_box_loss_only(architecture, box_key):
+    images, targets = _batch()
+    images.append(torch.rand(3, 75, 100) - 0.5)  # non-square, one box near the right edge
+    targets.append({"boxes": torch.tensor([[60.0, 20.0, 99.0, 70.0]]), "labels": torch.tensor([1])})
+    torch.manual_seed(0)
+    det = Detector(architecture, num_classes=2, **TINY)
+    plain = det.losses(images, targets)
+    det.box_loss_weight = 2.5
+    weighted = det.losses(images, targets)
+    assert plain[box_key] > 0
+    torch.testing.assert_close(weighted[box_key], 2.5 * plain[box_key])
+    for key in set(plain) - {box_key}:
+        torch.testing.assert_close(weighted[key], plain[key])
+
+
+def test_box_loss_weight_reaches_the_gradient_of_the_regression_branch():
+    images, targets = _batch()
+    grads = []
+    for weight in (1.0, 3.0):
+        torch.manual_seed(0)
+        det = Detector("fcos", num_classes=2, box_loss_weight=weight, **TINY).train()
+        losses = det(images, targets)
+        losses["bbox_regression"].backward()
+        grads.append(det.model.head.regression_head.bbox_reg.weight.grad.clone())
+    torch.testing.assert_close(grads[1], 3.0 * grads[0])
+
+
+def test_center_sampling_radius_widens_the_fcos_positives():
+    # One large box: with radius 1.5 only locations within 1.5 strides of its centre are positives; with 8 every
+    # location inside the box is. More positives share the classification loss's normaliser, so it changes.
+    images = [torch.rand(3, 64, 64) - 0.5]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 60.0, 58.0]]), "labels": torch.tensor([0])}]
+    losses = {}
+    for radius in (1.5, 8.0):
+        torch.manual_seed(0)
+        det = Detector("fcos", num_classes=2, center_sampling_radius=radius, **TINY)
+        assert det.model.center_sampling_radius == radius
+        losses[radius] = det.losses(images, targets)
+    assert not torch.allclose(losses[1.5]["classification"], losses[8.0]["classification"])
+
+
+def test_box_loss_weight_and_radius_are_checked_and_kept_by_the_checkpoint(tmp_path):
+    import lightning as L
+
+    from cvsuite.config import ConfigError, build_section
+    from cvsuite.tasks.detection import DetectionModelConfig
+
+    for key in ("box_loss_weight", "center_sampling_radius"):
+        with pytest.raises(ConfigError, match=f"'model.{key}' must be > 0, got 0"):
+            build_section(DetectionModelConfig, {key: 0}, "model")
+    task = _task(box_loss_weight=2.0, center_sampling_radius=2.5)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "t.ckpt")
+    loaded = DetectionTask.load_from_checkpoint(tmp_path / "t.ckpt", pretrained=False)
+    assert loaded.detector.box_loss_weight == 2.0 and loaded.detector.model.center_sampling_radius == 2.5
+
+
+def test_frozen_levels_keep_the_first_layers_fixed_through_the_freeze_schedule():
+    torch.manual_seed(0)
+    task = _task(frozen_levels=2, finetune={"freeze_share": 0.5})
+    trunk = task.detector.trunk
+    fixed = ("conv_stem", "bn1", "blocks.0", "blocks.1")
+    assert sorted(task.state_dict()) == sorted(_task().state_dict())  # nothing stored twice
+    task._frozen_now = None
+    for frozen_phase in (True, False):  # the schedule's frozen phase, then the whole trunk unfrozen
+        task.backbone_frozen = lambda epoch=None, f=frozen_phase: f
+        task.apply_freeze()
+        task.train()
+        for name, p in trunk.named_parameters():
+            assert p.requires_grad == (not frozen_phase and not name.startswith(fixed)), name
+    bn = trunk.blocks[1][0].bn1
+    assert not bn.training and trunk.blocks[2][0].bn1.training
+    stats, weights = bn.running_mean.clone(), trunk.conv_stem.weight.clone()
+    later = trunk.blocks[2][0].conv_pwl.weight.clone()
+    images, targets = _batch()
+    images.append(torch.rand(3, 75, 100) - 0.5)
+    targets.append({"boxes": torch.tensor([[10.0, 20.0, 50.0, 70.0]]), "labels": torch.tensor([0])})
+    opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.1)
+    sum(task.detector(images, targets).values()).backward()
+    opt.step()
+    assert trunk.conv_stem.weight.grad is None
+    assert torch.equal(bn.running_mean, stats) and torch.equal(trunk.conv_stem.weight, weights)
+    assert not torch.equal(trunk.blocks[2][0].conv_pwl.weight, later)
+
+
+def test_frozen_levels_follow_the_backbone_and_are_checked():
+    det = Detector(
+        "fcos", num_classes=2, frozen_levels=2, **{**TINY, "backbone": "test_resnet", "out_indices": [2, 3, 4]}
+    )
+    det.fix_early_layers()
+    frozen = {n.split(".")[0] for n, p in det.trunk.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1"}
+    with pytest.raises(ValueError, match=r"model.frozen_levels must be in \[0, 5\] .*got 6"):
+        Detector("fcos", num_classes=2, frozen_levels=6, **TINY)

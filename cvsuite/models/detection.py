@@ -30,6 +30,9 @@ from cvsuite.config import ConfigError
 from cvsuite.models.backbone import DEFAULT_BACKBONE, create_backbone, feature_channels, feature_reductions
 
 ARCHITECTURES = ("fcos", "retinanet", "faster_rcnn")
+# The box regression losses that model.box_loss_weight scales: GIoU (fcos), smooth L1 (retinanet, faster_rcnn's box
+# head); the RPN's proposals keep weight 1.
+BOX_LOSSES = ("bbox_regression", "loss_box_reg")
 
 
 class Float32P6P7(LastLevelP6P7):
@@ -116,7 +119,8 @@ def _one_stage_anchors(strides: Sequence[int], retina: bool) -> AnchorGenerator:
 class Detector(nn.Module):
     """One of torchvision's detectors on a `TimmFPN`, with labels 0..K-1 in and out.
 
-    Training: ``forward(images, targets)`` -> dict of losses. Inference: ``forward(images)`` -> per image
+    Training: ``forward(images, targets)`` -> dict of losses (the box regression loss times ``box_loss_weight``).
+    Inference: ``forward(images)`` -> per image
     ``boxes`` (N, 4) xyxy pixels of the input image, ``scores`` (N,), ``labels`` (N,) in 0..K-1.
     images: list of (3, H, W) normalised tensors (sizes may differ); targets: per image ``boxes``, ``labels``.
     """
@@ -135,6 +139,9 @@ class Detector(nn.Module):
         score_thresh: float = 0.05,
         nms_iou: float = 0.6,
         max_detections: int = 100,
+        box_loss_weight: float = 1.0,
+        center_sampling_radius: float = 1.5,
+        frozen_levels: int = 0,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -146,6 +153,7 @@ class Detector(nn.Module):
                 f"model.fpn_channels must be a multiple of 32 and at least 64 for fcos, got {fpn_channels}"
             )
         self.architecture = architecture
+        self.box_loss_weight = float(box_loss_weight)
         # Faster R-CNN reserves label 0 for background; the one-stage heads use sigmoid scores over K classes.
         self.label_offset = 1 if architecture == "faster_rcnn" else 0
         body = create_backbone(
@@ -157,6 +165,8 @@ class Detector(nn.Module):
             **backbone_kwargs,
         )
         trunk = TimmFPN(body, fpn_channels, "pool" if architecture == "faster_rcnn" else "p6p7")
+        # A plain list: the same modules, not registered twice (the checkpoint's keys stay those of the trunk).
+        self.fixed: list[nn.Module] = early_layers(body, frozen_levels)
         common = {
             "min_size": image_size,
             "max_size": image_size,
@@ -166,7 +176,14 @@ class Detector(nn.Module):
         if architecture == "fcos":
             anchors = _one_stage_anchors(trunk.strides, retina=False)
             head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
-            self.model = FCOS(trunk, num_classes, anchor_generator=anchors, head=head, **common)
+            self.model = FCOS(
+                trunk,
+                num_classes,
+                anchor_generator=anchors,
+                head=head,
+                center_sampling_radius=center_sampling_radius,
+                **common,
+            )
         elif architecture == "retinanet":
             anchors = _one_stage_anchors(trunk.strides, retina=True)
             self.model = RetinaNet(trunk, num_classes, anchor_generator=anchors, **common)
@@ -191,6 +208,20 @@ class Detector(nn.Module):
         for part in _prediction_layers(self.model):
             part.register_forward_hook(_outputs_to_float)
 
+    def fix_early_layers(self) -> None:
+        """model.frozen_levels: the trunk's layers up to that feature level stay frozen for the whole run (after
+        any freeze schedule has set the rest), their BatchNorm in eval; `train` keeps them so."""
+        for m in self.fixed:
+            m.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Detector:
+        super().train(mode)
+        for m in (m for layer in self.fixed for m in layer.modules()):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
     @property
     def trunk(self) -> nn.Module:
         """The pretrained timm feature extractor (what freezing and the backbone lr apply to)."""
@@ -212,7 +243,7 @@ class Detector(nn.Module):
             targets = [{**t, "labels": t["labels"] + self.label_offset} for t in targets]
         out = self.model(images, targets)
         if isinstance(out, dict):  # losses
-            return out
+            return {k: v * self.box_loss_weight if k in BOX_LOSSES else v for k, v in out.items()}
         if self.label_offset:
             out = [{**d, "labels": d["labels"] - self.label_offset} for d in out]
         return out
@@ -231,6 +262,29 @@ class Detector(nn.Module):
         finally:
             for m, mode in modes.items():
                 m.training = mode
+
+
+def early_layers(body: nn.Module, levels: int) -> list[nn.Module]:
+    """The modules of a timm ``features_only`` trunk that compute its first `levels` feature levels (all of them,
+    listed in ``body.feature_info``, whatever ``out_indices`` keeps): for EfficientNet ``levels=2`` is the stem,
+    ``blocks.0`` and ``blocks.1`` (strides 2 and 4), for ResNet the stem and ``layer1``. timm registers a trunk's
+    layers in the order they run, so they are the modules listed before the end of that level's module."""
+    info = body.feature_info.info
+    if not 0 <= levels <= len(info):
+        raise ConfigError(
+            f"model.frozen_levels must be in [0, {len(info)}] (the backbone's feature levels), got {levels}"
+        )
+    if levels == 0:
+        return []
+    last = info[levels - 1]["module"]
+    names = [n for n, _ in body.named_modules()]
+    end = names.index(last) + 1
+    while end < len(names) and names[end].startswith(last + "."):
+        end += 1
+    # The parents of that module hold later layers too: leave them out. Of the rest, the outermost modules only.
+    inside = [n for n in names[1:end] if not last.startswith(n + ".")]
+    chosen = [n for n in inside if not any(n.startswith(c + ".") for c in inside)]
+    return [body.get_submodule(n) for n in chosen]
 
 
 def _prediction_layers(model: nn.Module) -> list[nn.Module]:

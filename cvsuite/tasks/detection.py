@@ -34,6 +34,9 @@ class DetectionModelConfig:
     fpn_channels: int = 128  # FPN and head width (fcos: a multiple of 32, at least 64)
     head_convs: int = 4  # fcos: conv layers in each head branch (fewer = faster on a CPU)
     drop_path_rate: float | None = None  # stochastic depth inside the backbone (timm's default when null)
+    box_loss_weight: float = 1.0  # the box regression loss (fcos: GIoU) against classification's 1
+    center_sampling_radius: float = 1.5  # fcos: positives within this many strides of a box centre
+    frozen_levels: int = 0  # the backbone's layers up to this feature level (1: stride 2, 2: stride 4) never train
     score_thresh: float = 0.05  # detections below are dropped before NMS (keep low for mAP)
     nms_iou: float = 0.6  # NMS IoU threshold (per class)
     max_detections: int = 100  # per image, after NMS
@@ -57,6 +60,9 @@ class DetectionTask(BaseTask):
         fpn_channels: int = 128,
         head_convs: int = 4,
         drop_path_rate: float | None = None,
+        box_loss_weight: float = 1.0,
+        center_sampling_radius: float = 1.5,
+        frozen_levels: int = 0,
         score_thresh: float = 0.05,
         nms_iou: float = 0.6,
         max_detections: int = 100,
@@ -82,6 +88,9 @@ class DetectionTask(BaseTask):
             score_thresh=score_thresh,
             nms_iou=nms_iou,
             max_detections=max_detections,
+            box_loss_weight=box_loss_weight,
+            center_sampling_radius=center_sampling_radius,
+            frozen_levels=frozen_levels,
             drop_path_rate=drop_path_rate,
         )
         self.evaluator = DetectionEvaluator(class_names, eval_backend)
@@ -93,6 +102,11 @@ class DetectionTask(BaseTask):
     def backbone(self) -> torch.nn.Module:
         """The pretrained trunk inside the detector; BaseTask freezes it and gives it its own lr."""
         return self.detector.trunk
+
+    def apply_freeze(self) -> None:
+        """The freeze schedule for the trunk, then model.frozen_levels: its first layers stay frozen all run."""
+        super().apply_freeze()
+        self.detector.fix_early_layers()
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """images: list of (3, H, W) normalised -> per image boxes (N, 4) xyxy pixels of the input, scores, labels."""
