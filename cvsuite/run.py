@@ -40,7 +40,7 @@ from cvsuite.distributed import check_trainer, device_count, end_process_group, 
 from cvsuite.outputs import check_output_file, check_output_folder, display_path, write_json, write_text
 from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
-from cvsuite.trainer import SignalStop, StopRequested, build_trainer, interrupted
+from cvsuite.trainer import PhaseTimes, SignalStop, StopRequested, build_trainer, interrupted
 
 log = logging.getLogger("cvsuite")
 
@@ -189,7 +189,12 @@ def _legacy_budget(cfg: Config, checkpoint: dict[str, Any]) -> Config:
     return out
 
 
-def train(cfg: Config | None = None, resume: str | Path | None = None, started: float | None = None) -> Path:
+def train(
+    cfg: Config | None = None,
+    resume: str | Path | None = None,
+    started: float | None = None,
+    marks: dict[str, float] | None = None,
+) -> Path:
     """Fit the recipe's task; returns the run folder. Every run ends with the final evaluation into metrics.json
     (the best checkpoint, else the last weights), with ``stopped_by`` and the epochs and steps done, also one
     stopped by the budget's deadline, early stopping, or a first Ctrl+C / SIGTERM (then `TrainingInterrupted` is
@@ -202,8 +207,11 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
             the freeze state and a budget run's clock carry on; the run writes into that checkpoint's run folder.
         started: Unix time from which ``run.budget`` counts (default: now; ``cvsuite train`` passes the start of
             its process).
+        marks: phases done before this call, name -> Unix time (``cvsuite train``: its imports, the dataset check);
+            metrics.json's ``timings`` lists them with the run's own, in seconds from `started`.
     """
     started = time.time() if started is None else started
+    phases = PhaseTimes(started, marks)
     stored = None
     if resume:
         resume = resolve(resume, "--resume")
@@ -227,16 +235,18 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
     dm.setup("fit")  # before the run folder exists: a dataset error leaves nothing behind
     if not resume:
         check_fit_data(cfg, dm)  # an empty split or an unwritable run folder, before anything is written
+    phases.mark("data")
     if not resume:
         module = spec.build_module(cfg, dm)
         run_dir = shared_run_dir(cfg.trainer["default_root_dir"], new_run_dir)  # same folder on every rank
+    phases.mark("model")
     if global_rank() == 0:
         write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     clock = _budget_clock(cfg, dm, started) if cfg.run.budget is not None else None
     one_process = device_count(cfg.trainer.get("devices", 1), True) == 1 and int(cfg.trainer.get("num_nodes") or 1) == 1
     stop = SignalStop()
     with stop if one_process else contextlib.nullcontext(stop):
-        extra = [c for c in (clock, stop if one_process else None) if c is not None]
+        extra = [c for c in (clock, stop if one_process else None, phases) if c is not None]
         trainer, ckpt, last = build_trainer(cfg, spec, run_dir, extra=extra, clocked=clock is not None)
         signum = None
         try:
@@ -247,6 +257,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
             signum = signal.SIGTERM if isinstance(err, SIGTERMException) else (stop.signum or signal.SIGINT)
             if stop.count > 1:
                 raise interrupted(signum, run_dir / "checkpoints" / "last.ckpt", None) from None
+        phases.mark("training")
         if signum is None:
             end_process_group()
         else:
@@ -254,7 +265,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
         if not trainer.is_global_zero:  # under DDP only rank 0 writes the run folder
             return run_dir
         try:
-            scored = _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum)
+            scored = _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum, phases)
         except (KeyboardInterrupt, SystemExit):
             raise interrupted(stop.signum or signal.SIGINT, run_dir / "checkpoints" / "last.ckpt", None) from None
     signum = signum or stop.signum
@@ -310,16 +321,16 @@ def _stopped_by(trainer: L.Trainer, clock, signum: int | None) -> str:
     return "max_epochs"
 
 
-def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum) -> str:
+def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum, phases: PhaseTimes) -> str:
     """metrics.json of the best checkpoint, else of the last weights (last.ckpt, or the module as training left
-    it when no epoch ended); returns what it scored."""
+    it when no epoch ended), with the run's ``timings``; returns what it scored."""
     t0 = time.time()
     best = ckpt.best_model_path or ckpt.last_model_path
     if best and Path(best).is_file():
         evaluated, scored = load_module(spec.module_class, best, pretrained=False), Path(best).name
     else:
         evaluated, scored = module, "the last weights (no checkpoint was written yet)"
-    metrics = _evaluate_module(evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots)
+    metrics = _evaluate_module(evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots, phases=phases)
     metrics.update(dm.describe())
     # The GAN steps its two optimisers once each per batch, and each step counts in global_step.
     per_batch = 1 if module.automatic_optimization else max(1, len(trainer.optimizers))
@@ -331,6 +342,7 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
         stopped_by=stopped_by,
         epochs_done=epochs,
         steps_done=int(trainer.global_step),
+        timings=phases.seconds(),
     )
     write_json(run_dir / "metrics.json", metrics)  # NaN (undefined) -> null
     if cfg.run.plots and (run_dir / "metrics.csv").exists():
@@ -445,7 +457,9 @@ def load_checkpoint(ckpt: str | Path, config: str | Path | None = None, override
     return module, cfg, spec
 
 
-def _evaluate_module(module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | None, plots: bool) -> dict[str, Any]:
+def _evaluate_module(
+    module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | None, plots: bool, phases: PhaseTimes | None = None
+) -> dict[str, Any]:
     trainer = L.Trainer(
         logger=False,
         enable_checkpointing=False,
@@ -457,8 +471,12 @@ def _evaluate_module(module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | No
         default_root_dir=str(run_dir) if run_dir else None,
     )
     trainer.validate(module, datamodule=dm, verbose=False)
+    if phases is not None:
+        phases.mark("final_evaluation")
     if plots and run_dir is not None:
         spec.save_plots(module, run_dir)
+        if phases is not None:
+            phases.mark("plots")
     return dict(module.last_metrics)
 
 

@@ -190,6 +190,31 @@ class AtomicCheckpoint(ModelCheckpoint):
         self.write_s = self.written_at - t0
 
 
+class PhaseTimes(Callback):
+    """When each phase of a run ended, in seconds from the process start: metrics.json's ``timings`` (read by
+    bench/overhead.py, which sets them beside a plain script's). The run marks its own phases (`mark`); as a callback
+    this adds ``first_step``: the first training step of this process done.
+
+    Args:
+        started: Unix time the process started (`cvsuite.budget.process_start`).
+        marks: phases already done, name -> Unix time (``cvsuite train`` marks its imports).
+    """
+
+    def __init__(self, started: float, marks: dict[str, float] | None = None) -> None:
+        self.started = started
+        self.marks = dict(marks or {})
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def seconds(self) -> dict[str, float]:
+        return {name: round(at - self.started, 2) for name, at in self.marks.items()}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if "first_step" not in self.marks:
+            self.mark("first_step")
+
+
 class StopRequested(Exception):
     """Raised out of ``trainer.fit`` after the step in progress when a first Ctrl+C or SIGTERM arrived."""
 
