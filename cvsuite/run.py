@@ -38,7 +38,6 @@ from cvsuite.config import Config, ConfigError, from_dict, merge, parse_override
 from cvsuite.data.common import IMAGE_EXTENSIONS, DatasetError, drop_unreadable, list_images
 from cvsuite.distributed import check_trainer, device_count, end_process_group, global_rank, shared_run_dir
 from cvsuite.outputs import check_output_file, check_output_folder, display_path, write_json, write_text
-from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
 from cvsuite.trainer import PhaseTimes, SignalStop, StopRequested, build_trainer, interrupted
 
@@ -246,7 +245,8 @@ def train(
     one_process = device_count(cfg.trainer.get("devices", 1), True) == 1 and int(cfg.trainer.get("num_nodes") or 1) == 1
     stop = SignalStop()
     with stop if one_process else contextlib.nullcontext(stop):
-        extra = [c for c in (clock, stop if one_process else None, phases) if c is not None]
+        # phases first: its first step is marked before a stop requested during that step is raised
+        extra = [c for c in (phases, clock, stop if one_process else None) if c is not None]
         trainer, ckpt, last = build_trainer(cfg, spec, run_dir, extra=extra, clocked=clock is not None)
         signum = None
         try:
@@ -326,7 +326,9 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
     it when no epoch ended), with the run's ``timings``; returns what it scored."""
     t0 = time.time()
     best = ckpt.best_model_path or ckpt.last_model_path
-    if best and Path(best).is_file():
+    if best and Path(best).is_file() and signum is None and _holds_module_weights(ckpt, best, trainer, cfg):
+        evaluated, scored = module, Path(best).name  # the same weights, without reading them back
+    elif best and Path(best).is_file():
         evaluated, scored = load_module(spec.module_class, best, pretrained=False), Path(best).name
     else:
         evaluated, scored = module, "the last weights (no checkpoint was written yet)"
@@ -346,10 +348,25 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
     )
     write_json(run_dir / "metrics.json", metrics)  # NaN (undefined) -> null
     if cfg.run.plots and (run_dir / "metrics.csv").exists():
+        from cvsuite.plots import curves_plot  # matplotlib: imported by the runs that draw
+
         curves_plot(run_dir / "metrics.csv", run_dir / "curves.png")
     if clock is not None:
         log.info(clock.summary(epochs, time.time() - t0, stopped_by))
     return scored
+
+
+def _holds_module_weights(ckpt, path: str, trainer: L.Trainer, cfg: Config) -> bool:
+    """Whether checkpoint `path` holds exactly the weights the module has now: this single process wrote it at the
+    current step (the best validation was the last thing trained), and no weight averaging swaps other weights in."""
+    written = getattr(ckpt, "written_step", None)
+    return (
+        cfg.run.ema_decay is None
+        and trainer.world_size == 1
+        and written is not None
+        and written == trainer.global_step
+        and getattr(ckpt, "_last_checkpoint_saved", None) == path
+    )
 
 
 def run_dir_of(ckpt: str | Path) -> Path:

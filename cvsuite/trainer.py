@@ -174,10 +174,12 @@ class AugmentationSeed(Callback):
 class AtomicCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint that writes to a temporary file and renames it: a kill mid-write never leaves a truncated
     best.ckpt / last.ckpt behind (os.replace is atomic on one filesystem). ``write_s`` is what the last write took
-    (a budget run keeps that much time for the checkpoints after training)."""
+    (a budget run keeps that much time for the checkpoints after training); ``written_step`` the global step it
+    held (None before this process wrote one)."""
 
     write_s = 0.0
     written_at = 0.0  # Unix time the last write ended
+    written_step: int | None = None
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         t0 = time.time()
@@ -186,6 +188,7 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             os.replace(partial, filepath)
         self._last_checkpoint_saved = filepath
+        self.written_step = trainer.global_step
         self.written_at = time.time()
         self.write_s = self.written_at - t0
 
