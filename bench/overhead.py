@@ -149,7 +149,7 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=SHARED / "weather4", help="classification set (default weather4)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side (0: only the --run.budget check)")
     p.add_argument("--lock", type=Path, default=None, help="flock this file around each process (a shared CPU)")
     p.add_argument("--no-budget", action="store_true", help="skip the --run.budget 3min first-step check")
     args = p.parse_args()
@@ -166,8 +166,9 @@ def main() -> None:
         with cpu_lock(args.lock):
             plain.append(run_plain(args.root, args.work / f"plain-{i}.json", args.steps, args.image_size))
         print(f"plain {i + 1}: {json.dumps({k: round(v, 2) for k, v in plain[-1].items()})}", flush=True)
-    print(f"\n{args.steps} steps, batch {BATCH}, {args.image_size} px, {args.root}; {args.repeats} runs each\n")
-    print(table(ours, plain))
+    if args.repeats:
+        print(f"\n{args.steps} steps, batch {BATCH}, {args.image_size} px, {args.root}; {args.repeats} runs each\n")
+        print(table(ours, plain))
     if not args.no_budget:
         with cpu_lock(args.lock):
             budget = run_ours(
