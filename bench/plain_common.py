@@ -27,10 +27,11 @@ RESERVE = 0.05  # share of the budget kept free besides the measured evaluation 
 EVAL_SAFETY = 1.5  # the measured evaluation time is multiplied by this
 
 
-def arguments(doc: str) -> argparse.ArgumentParser:
+def arguments(doc: str, budget: bool = True) -> argparse.ArgumentParser:
+    """The common flags; `budget` False: --budget-s is optional (a script that can also run a number of steps)."""
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--root", required=True, help="the data folder, laid out as for the recipe")
-    p.add_argument("--budget-s", type=float, required=True, help="wall-clock seconds for the whole process")
+    p.add_argument("--budget-s", type=float, required=budget, help="wall-clock seconds for the whole process")
     p.add_argument("--started", type=float, default=None, help="Unix time the process was launched (default: now)")
     p.add_argument("--out", required=True, help="JSON file for the metrics")
     p.add_argument("--seed", type=int, default=42)
@@ -110,6 +111,34 @@ class TimeSchedule:
             return False
         for group, base in zip(self.optimizer.param_groups if self.optimizer else [], self.base):
             group["lr"] = base * self.factor(t)
+        self.steps += 1
+        return True
+
+
+class StepSchedule(TimeSchedule):
+    """`TimeSchedule`'s warm-up and cosine over a fixed number of optimiser steps instead of a time."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_steps: int, warmup: float = 0.05, floor: float = 0.01):
+        self.optimizer = optimizer
+        self.base = [g["lr"] for g in optimizer.param_groups]
+        self.start = self.end = time.time()
+        self.max_steps = max_steps
+        self.warmup, self.floor = warmup, floor
+        self.steps = 0
+
+    @property
+    def train_seconds(self) -> float:
+        return self.end - self.start
+
+    def progress(self) -> float:
+        return self.steps / self.max_steps
+
+    def step(self) -> bool:
+        self.end = time.time()
+        if self.steps >= self.max_steps:
+            return False
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * self.factor(self.steps / self.max_steps)
         self.steps += 1
         return True
 

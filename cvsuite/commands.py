@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     from cvsuite.outputs import check_output_folder
     from cvsuite.run import resume_config, train
 
+    marks = {"imports": time.time()}
     if args.quiet:
         overrides = [*overrides, "--run.verbose", "false"]
     if args.resume:
@@ -109,7 +111,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
             raise console.CheckFailed(f"{len(report.errors)} dataset error(s); fix them or pass --no-check")
         if cfg.run.verbose and report.warnings:
             print(report.table(), file=sys.stderr)
-    run_dir = train(cfg, resume=args.resume, started=process_start())  # run.budget counts the whole process
+    marks["check"] = time.time()
+    run_dir = train(cfg, resume=args.resume, started=process_start(), marks=marks)  # run.budget: the whole process
     if global_rank() == 0:  # under DDP every rank runs this command; one of them speaks
         console.print_best(run_dir, cfg)
         print(f"run folder: {run_dir}")

@@ -38,9 +38,8 @@ from cvsuite.config import Config, ConfigError, from_dict, merge, parse_override
 from cvsuite.data.common import IMAGE_EXTENSIONS, DatasetError, drop_unreadable, list_images
 from cvsuite.distributed import check_trainer, device_count, end_process_group, global_rank, shared_run_dir
 from cvsuite.outputs import check_output_file, check_output_folder, display_path, write_json, write_text
-from cvsuite.plots import curves_plot
 from cvsuite.tasks import TaskSpec, get_spec
-from cvsuite.trainer import SignalStop, StopRequested, build_trainer, interrupted
+from cvsuite.trainer import PhaseTimes, SignalStop, StopRequested, build_trainer, interrupted
 
 log = logging.getLogger("cvsuite")
 
@@ -192,7 +191,12 @@ def _legacy_budget(cfg: Config, checkpoint: dict[str, Any]) -> Config:
     return out
 
 
-def train(cfg: Config | None = None, resume: str | Path | None = None, started: float | None = None) -> Path:
+def train(
+    cfg: Config | None = None,
+    resume: str | Path | None = None,
+    started: float | None = None,
+    marks: dict[str, float] | None = None,
+) -> Path:
     """Fit the recipe's task; returns the run folder. Every run ends with the final evaluation into metrics.json
     (the best checkpoint, else the last weights), with ``stopped_by`` and the epochs and steps done, also one
     stopped by the budget's deadline, early stopping, or a first Ctrl+C / SIGTERM (then `TrainingInterrupted` is
@@ -205,8 +209,11 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
             the freeze state and a budget run's clock carry on; the run writes into that checkpoint's run folder.
         started: Unix time from which ``run.budget`` counts (default: now; ``cvsuite train`` passes the start of
             its process).
+        marks: phases done before this call, name -> Unix time (``cvsuite train``: its imports, the dataset check);
+            metrics.json's ``timings`` lists them with the run's own, in seconds from `started`.
     """
     started = time.time() if started is None else started
+    phases = PhaseTimes(started, marks)
     stored = None
     if resume:
         resume = resolve(resume, "--resume")
@@ -230,16 +237,19 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
     dm.setup("fit")  # before the run folder exists: a dataset error leaves nothing behind
     if not resume:
         check_fit_data(cfg, dm)  # an empty split or an unwritable run folder, before anything is written
+    phases.mark("data")
     if not resume:
         module = spec.build_module(cfg, dm)
         run_dir = shared_run_dir(cfg.trainer["default_root_dir"], new_run_dir)  # same folder on every rank
+    phases.mark("model")
     if global_rank() == 0:
         write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     clock = _budget_clock(cfg, dm, started) if cfg.run.budget is not None else None
     one_process = device_count(cfg.trainer.get("devices", 1), True) == 1 and int(cfg.trainer.get("num_nodes") or 1) == 1
     stop = SignalStop()
     with stop if one_process else contextlib.nullcontext(stop):
-        extra = [c for c in (clock, stop if one_process else None) if c is not None]
+        # phases first: its first step is marked before a stop requested during that step is raised
+        extra = [c for c in (phases, clock, stop if one_process else None) if c is not None]
         trainer, ckpt, last = build_trainer(cfg, spec, run_dir, extra=extra, clocked=clock is not None)
         signum = None
         try:
@@ -250,6 +260,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
             signum = signal.SIGTERM if isinstance(err, SIGTERMException) else (stop.signum or signal.SIGINT)
             if stop.count > 1:
                 raise interrupted(signum, run_dir / "checkpoints" / "last.ckpt", None) from None
+        phases.mark("training")
         if signum is None:
             end_process_group()
         else:
@@ -257,7 +268,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, started: 
         if not trainer.is_global_zero:  # under DDP only rank 0 writes the run folder
             return run_dir
         try:
-            scored = _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum)
+            scored = _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum, phases)
         except (KeyboardInterrupt, SystemExit):
             raise interrupted(stop.signum or signal.SIGINT, run_dir / "checkpoints" / "last.ckpt", None) from None
     signum = signum or stop.signum
@@ -313,16 +324,18 @@ def _stopped_by(trainer: L.Trainer, clock, signum: int | None) -> str:
     return "max_epochs"
 
 
-def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum) -> str:
+def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum, phases: PhaseTimes) -> str:
     """metrics.json of the best checkpoint, else of the last weights (last.ckpt, or the module as training left
-    it when no epoch ended); returns what it scored."""
+    it when no epoch ended), with the run's ``timings``; returns what it scored."""
     t0 = time.time()
     best = ckpt.best_model_path or ckpt.last_model_path
-    if best and Path(best).is_file():
+    if best and Path(best).is_file() and signum is None and _holds_module_weights(ckpt, best, trainer, cfg):
+        evaluated, scored = module, Path(best).name  # the same weights, without reading them back
+    elif best and Path(best).is_file():
         evaluated, scored = load_module(spec.module_class, best, pretrained=False), Path(best).name
     else:
         evaluated, scored = module, "the last weights (no checkpoint was written yet)"
-    metrics = _evaluate_module(evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots)
+    metrics = _evaluate_module(evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots, phases=phases)
     metrics.update(dm.describe())
     # The GAN steps its two optimisers once each per batch, and each step counts in global_step.
     per_batch = 1 if module.automatic_optimization else max(1, len(trainer.optimizers))
@@ -334,13 +347,29 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
         stopped_by=stopped_by,
         epochs_done=epochs,
         steps_done=int(trainer.global_step),
+        timings=phases.seconds(),
     )
     write_json(run_dir / "metrics.json", metrics)  # NaN (undefined) -> null
     if cfg.run.plots and (run_dir / "metrics.csv").exists():
+        from cvsuite.plots import curves_plot  # matplotlib: imported by the runs that draw
+
         curves_plot(run_dir / "metrics.csv", run_dir / "curves.png")
     if clock is not None:
         log.info(clock.summary(epochs, time.time() - t0, stopped_by))
     return scored
+
+
+def _holds_module_weights(ckpt, path: str, trainer: L.Trainer, cfg: Config) -> bool:
+    """Whether checkpoint `path` holds exactly the weights the module has now: this single process wrote it at the
+    current step (the best validation was the last thing trained), and no weight averaging swaps other weights in."""
+    written = getattr(ckpt, "written_step", None)
+    return (
+        cfg.run.ema_decay is None
+        and trainer.world_size == 1
+        and written is not None
+        and written == trainer.global_step
+        and getattr(ckpt, "_last_checkpoint_saved", None) == path
+    )
 
 
 def run_dir_of(ckpt: str | Path) -> Path:
@@ -448,7 +477,9 @@ def load_checkpoint(ckpt: str | Path, config: str | Path | None = None, override
     return module, cfg, spec
 
 
-def _evaluate_module(module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | None, plots: bool) -> dict[str, Any]:
+def _evaluate_module(
+    module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | None, plots: bool, phases: PhaseTimes | None = None
+) -> dict[str, Any]:
     trainer = L.Trainer(
         logger=False,
         enable_checkpointing=False,
@@ -460,8 +491,12 @@ def _evaluate_module(module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | No
         default_root_dir=str(run_dir) if run_dir else None,
     )
     trainer.validate(module, datamodule=dm, verbose=False)
+    if phases is not None:
+        phases.mark("final_evaluation")
     if plots and run_dir is not None:
         spec.save_plots(module, run_dir)
+        if phases is not None:
+            phases.mark("plots")
     return dict(module.last_metrics)
 
 

@@ -174,10 +174,12 @@ class AugmentationSeed(Callback):
 class AtomicCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint that writes to a temporary file and renames it: a kill mid-write never leaves a truncated
     best.ckpt / last.ckpt behind (os.replace is atomic on one filesystem). ``write_s`` is what the last write took
-    (a budget run keeps that much time for the checkpoints after training)."""
+    (a budget run keeps that much time for the checkpoints after training); ``written_step`` the global step it
+    held (None before this process wrote one)."""
 
     write_s = 0.0
     written_at = 0.0  # Unix time the last write ended
+    written_step: int | None = None
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         t0 = time.time()
@@ -186,8 +188,34 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             os.replace(partial, filepath)
         self._last_checkpoint_saved = filepath
+        self.written_step = trainer.global_step
         self.written_at = time.time()
         self.write_s = self.written_at - t0
+
+
+class PhaseTimes(Callback):
+    """When each phase of a run ended, in seconds from the process start: metrics.json's ``timings`` (read by
+    bench/overhead.py, which sets them beside a plain script's). The run marks its own phases (`mark`); as a callback
+    this adds ``first_step``: the first training step of this process done.
+
+    Args:
+        started: Unix time the process started (`cvsuite.budget.process_start`).
+        marks: phases already done, name -> Unix time (``cvsuite train`` marks its imports).
+    """
+
+    def __init__(self, started: float, marks: dict[str, float] | None = None) -> None:
+        self.started = started
+        self.marks = dict(marks or {})
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def seconds(self) -> dict[str, float]:
+        return {name: round(at - self.started, 2) for name, at in self.marks.items()}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if "first_step" not in self.marks:
+            self.mark("first_step")
 
 
 class StopRequested(Exception):

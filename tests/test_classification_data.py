@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cvsuite.data.classification import ClassificationDataConfig, ClassificationDataModule
-from cvsuite.data.common import DatasetError, seeded_split
+from cvsuite.data.common import DatasetError, check_image, read_image, seeded_split
 from tests.conftest import write_class_folders
 
 
@@ -142,3 +144,35 @@ def test_augmentation_is_reproducible_for_a_seed(tmp_path):
 
     assert torch.equal(first_image(1), first_image(1))
     assert not torch.equal(first_image(1), first_image(2))
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_the_jpeg_check_fails_exactly_where_a_full_decode_fails(tmp_path, progressive):
+    """The check before training decodes JPEGs at 1/8 scale: it must refuse every file a full decode refuses (cut
+    anywhere, bytes overwritten) and accept every file it reads (odd sizes, grey, CMYK, EXIF-rotated)."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray((rng.random((361, 479, 3)) * 255).astype(np.uint8))
+    good = {"rgb": photo, "grey": photo.convert("L").resize((75, 100)), "cmyk": photo.convert("CMYK")}
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    for name, image in good.items():
+        image.save(tmp_path / f"{name}.jpg", quality=90, progressive=progressive, exif=exif if name == "rgb" else b"")
+    raw = (tmp_path / "rgb.jpg").read_bytes()
+    cut = {n: raw[:n] for n in (len(raw) // 3, len(raw) // 2, len(raw) - 200, len(raw) - 2)}
+    garbage = {n: raw[:n] + b"\xff\xd9" * 50 + raw[n + 100 :] for n in (len(raw) // 2, len(raw) - 300)}
+    for kind, files in (("cut", cut), ("garbage", garbage)):
+        for n, data in files.items():
+            (tmp_path / f"{kind}{n}.jpg").write_bytes(data)
+
+    def full_decode(path: Path) -> bool:
+        try:
+            read_image(path)
+            return True
+        except DatasetError:
+            return False
+
+    for path in sorted(tmp_path.glob("*.jpg")):
+        assert (check_image(path) is None) == full_decode(path), path.name
+    assert all(check_image(tmp_path / f"{name}.jpg") is None for name in good)
+    for n in cut:
+        assert "truncated" in check_image(tmp_path / f"cut{n}.jpg")

@@ -82,6 +82,37 @@ def test_eval_matches_training_metrics_and_checkpoint_round_trip(trained, tmp_pa
     assert list(module.hparams.class_names) == ["blue", "red"]
 
 
+@pytest.mark.parametrize(
+    ("trainer", "reads_checkpoint"),
+    [
+        ({"max_epochs": 1}, False),  # the only validation is the best and the last thing trained: weights in memory
+        ({"max_epochs": 2, "max_steps": 4}, True),  # a step after the best validation: best.ckpt is read back
+    ],
+)
+def test_final_evaluation_scores_the_best_checkpoint_with_or_without_reading_it(
+    colour_data, tmp_path, monkeypatch, trainer, reads_checkpoint
+):
+    import cvsuite.run
+
+    loaded = []
+    real_load = cvsuite.run.load_module
+    monkeypatch.setattr(cvsuite.run, "load_module", lambda *a, **k: loaded.append(a[1]) or real_load(*a, **k))
+    run_dir = train(from_dict(tiny_recipe(colour_data, tmp_path / "run", trainer=trainer)))
+    best = run_dir / "checkpoints" / "best.ckpt"
+    assert [Path(p) for p in loaded] == ([best] if reads_checkpoint else [])
+    stored = json.loads((run_dir / "metrics.json").read_text())
+    assert stored["steps_done"] == trainer.get("max_steps", 3) and Path(stored["checkpoint"]) == best
+    evaluate(best, output=str(tmp_path / "again.json"))  # the checkpoint alone, in a fresh module
+    again = json.loads((tmp_path / "again.json").read_text())
+    for key in ("accuracy", "precision", "recall", "f1", "auroc", "average_precision"):
+        assert stored[key] == pytest.approx(again[key], abs=1e-6), key
+    assert stored["per_class"] == again["per_class"] and stored["confusion_matrix"] == again["confusion_matrix"]
+    # When each phase of the run ended, in seconds from its start, in the order they happen.
+    timings = stored["timings"]
+    assert list(timings) == ["data", "model", "first_step", "training", "final_evaluation", "plots"]
+    assert list(timings.values()) == sorted(timings.values()) and timings["data"] >= 0
+
+
 def test_predict_writes_topk_csv_json_and_grid(trained, tmp_path):
     data, run_dir = trained
     out = predict(run_dir / "checkpoints" / "best.ckpt", data / "val", tmp_path / "pred", topk=2)

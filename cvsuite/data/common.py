@@ -120,12 +120,27 @@ def check_image(path: Path, decode: bool = True) -> str | None:
     if reason is not None or not decode:
         return reason
     try:
-        read_image(path)
+        _decode(path)
         return None
     except DatasetError as err:
         return str(err).removeprefix(f"{path}: ")
     except (OSError, ValueError, MemoryError) as err:
         return str(err) or type(err).__name__
+
+
+def _decode(path: Path) -> None:
+    """Decode the whole file as training will, as cheaply as its format allows: a JPEG at 1/8 scale (libjpeg still
+    reads and entropy-decodes every byte, so a truncated or corrupt file fails just as a full decode does, in a
+    fraction of the time); any other format through `read_image`."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+                return
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DatasetError(f"{path}: cannot read image ({err}). Replace or delete the file.") from err
+    read_image(path)
 
 
 def _header_problem(path: Path, allow_float: bool) -> str | None:
