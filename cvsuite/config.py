@@ -273,6 +273,7 @@ RANGES: dict[str, Range] = {
     "model.label_smoothing": FRACTION,
     "model.focal_gamma": NON_NEGATIVE,
     "model.class_weights": NON_NEGATIVE,
+    "model.class_weight_power": NON_NEGATIVE,
     "model.score_thresh": PROBABILITY,
     "model.nms_iou": PROBABILITY,
     "model.draw_score_thresh": PROBABILITY,

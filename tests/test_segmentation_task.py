@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cvsuite.config import from_dict, load_config
+from cvsuite.config import ConfigError, from_dict, load_config
+from cvsuite.data.base import class_weights
 from cvsuite.models.segmentation import DECODERS, LOSSES, SegmentationLoss, SegmentationNet
 from cvsuite.run import load_checkpoint, predict, train
 from tests.conftest import TINY_BACKBONE
@@ -88,6 +90,36 @@ def test_class_weights_change_cross_entropy():
     plain = SegmentationLoss("ce", 255)(logits, target)
     weighted = SegmentationLoss("ce", 255, class_weights=[1.0, 10.0])(logits, target)
     assert plain.item() != pytest.approx(weighted.item())
+
+
+def test_balanced_class_weights_to_a_power():
+    # 1000 pixels over 4 classes: balanced = 1000 / (4 * count) = [0.4, 1, 2, 250] (the empty class counts as
+    # 1 pixel); a power of 0.5 takes each one's square root, and a perfectly balanced set still gets all ones.
+    counts = np.array([625, 250, 125, 0])
+    assert class_weights("balanced", counts) == pytest.approx([0.4, 1.0, 2.0, 250.0])
+    assert class_weights("balanced", counts, 0.5) == pytest.approx([0.4**0.5, 1.0, 2**0.5, 250**0.5])
+    assert class_weights("balanced", counts, 0.75) == pytest.approx([0.4**0.75, 1.0, 2**0.75, 250**0.75])
+    assert class_weights("balanced", np.array([7, 7, 7]), 0.75) == pytest.approx([1.0, 1.0, 1.0])
+    assert class_weights([1, 2], counts, 0.5) == [1.0, 2.0]  # a list is taken as given
+
+
+@pytest.mark.parametrize(
+    "model, error",
+    [
+        ({"class_weights": "balanced", "class_weight_power": 0.5}, None),
+        ({"class_weights": [1, 2, 3], "class_weight_power": 0}, None),
+        ({"class_weights": "sqrt"}, "'model.class_weights' must be list or one of 'balanced'"),
+        ({"class_weight_power": -1}, "'model.class_weight_power' must be >= 0"),
+        ({"class_weight_power": "half"}, "'model.class_weight_power' must be float"),
+    ],
+)
+def test_class_weight_choices(model, error):
+    recipe = {"task": "segmentation", "data": {"root": "x"}, "model": model}
+    if error is None:
+        assert from_dict(recipe).model.class_weight_power == model["class_weight_power"]
+    else:
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            from_dict(recipe)
 
 
 def test_unknown_decoder_and_loss_list_the_choices():
@@ -212,7 +244,7 @@ def test_predict_writes_index_masks_and_overlays(trained, tmp_path):
 
 
 def test_decoder_loss_weights_and_freeze_choices_train_end_to_end(tmp_path):
-    write_dataset(tmp_path / "data", n_train=4, n_val=2, size=(32, 32))
+    truth = write_dataset(tmp_path / "data", n_train=4, n_val=2, size=(32, 32))
     recipe = tiny_recipe(tmp_path / "data", tmp_path / "run", trainer={"max_epochs": 2}, run={"plots": False})
     overrides = [
         "--model.decoder",
@@ -221,6 +253,8 @@ def test_decoder_loss_weights_and_freeze_choices_train_end_to_end(tmp_path):
         "focal",
         "--model.class_weights",
         "balanced",
+        "--model.class_weight_power",
+        "0.5",
         "--finetune.freeze_epochs",
         "1",
     ]
@@ -228,6 +262,8 @@ def test_decoder_loss_weights_and_freeze_choices_train_end_to_end(tmp_path):
     module, _, _ = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     weights = module.hparams.class_weights
     assert len(weights) == 3 and weights[0] < weights[2]  # background is the most common class
+    counts = np.bincount(np.concatenate([truth[f"train{i}"].ravel() for i in range(4)]), minlength=3)
+    assert weights == pytest.approx(np.sqrt(counts.sum() / (3 * counts)))  # the square root of inverse frequency
     assert json.loads((run_dir / "metrics.json").read_text())["miou"] is not None
 
 

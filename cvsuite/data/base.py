@@ -311,13 +311,14 @@ def inference_pipeline(module: Any, default: Callable[[], Any]):
     return A.from_dict(serialised) if serialised else default()
 
 
-def class_weights(spec: list[float] | str | None, counts: np.ndarray) -> list[float] | None:
+def class_weights(spec: list[float] | str | None, counts: np.ndarray, power: float = 1.0) -> list[float] | None:
     """``model.class_weights``: a list as given, or "balanced" = inverse frequency of each class in `counts`
-    (images or pixels), normalised so a perfectly balanced data set gets all ones."""
+    (images or pixels), normalised so a perfectly balanced data set gets all ones, raised to `power`: below 1 a
+    milder lift (0.5: a class 100x rarer weighs 10x, not 100x, as much)."""
     if spec is None:
         return None
     if spec == "balanced":
-        return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
+        return ((counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power).tolist()
     return [float(x) for x in spec]
 
 

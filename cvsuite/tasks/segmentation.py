@@ -41,6 +41,7 @@ class SegmentationModelConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0  # ce, ce_dice
     class_weights: list[float] | Literal["balanced"] | None = None  # list per class, or inverse pixel frequency
+    class_weight_power: float = 1.0  # "balanced" weights to this power: 1 = inverse frequency, 0.5 = its square root
     tta: bool = False  # eval/predict: average the logits of each image and its horizontal mirror (may change at eval)
     channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
     compile: bool = False  # torch.compile the backbone (GPU; slow to start, rarely worth it on a CPU)
@@ -197,8 +198,9 @@ def build_datamodule(cfg, stored: dict[str, Any] | None = None, split: str = "va
 
 def build_module(cfg, dm: SegmentationDataModule) -> SegmentationTask:
     model = asdict(cfg.model)
+    power = model.pop("class_weight_power")  # folded into the weights the checkpoint stores
     if model["class_weights"] == "balanced":
-        model["class_weights"] = class_weights("balanced", dm.class_pixel_counts())
+        model["class_weights"] = class_weights("balanced", dm.class_pixel_counts(), power)
     else:
         model["class_weights"] = class_weights(model["class_weights"], np.zeros(0))
     return SegmentationTask(
