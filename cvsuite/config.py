@@ -541,7 +541,7 @@ def check_combinations(cfg: Config) -> None:
     if getattr(cfg.data, "class_crops", 0) and cfg.data.train_transforms:
         raise ConfigError(
             "data.class_crops places the preset pipeline's crops, and data.train_transforms replaces that pipeline: "
-            "drop one of them"
+            "set data.class_crops 0 (the segmentation recipe sets 0.5) or drop data.train_transforms"
         )
     if run.budget is not None:
         from cvsuite.budget import parse_duration

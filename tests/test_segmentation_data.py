@@ -309,6 +309,10 @@ def test_class_crops_with_a_custom_pipeline_is_refused():
         load_config("configs/segmentation/finetune.yaml", ["--data.class_crops", "0.5", *custom])
     with pytest.raises(ConfigError, match="data.class_crops"):
         load_config("configs/segmentation/finetune.yaml", ["--data.class_crops", "1.5"])
+    # The recipe's own class_crops with a custom pipeline: the message names the setting that makes it work.
+    with pytest.raises(ConfigError, match="set data.class_crops 0"):
+        load_config("configs/segmentation/finetune.yaml", custom)
+    assert load_config("configs/segmentation/finetune.yaml", ["--data.class_crops", "0", *custom]).data.class_crops == 0
 
 
 def test_class_crops_reach_the_training_pipeline(tmp_path):
