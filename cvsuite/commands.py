@@ -292,10 +292,17 @@ def recipe_keys(config: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. With `argv` None (the process's own command line: the ``cvsuite``
-    script, ``python -m cvsuite``, tools/*.py) the process ends here instead (`end_process`)."""
+    script, ``python -m cvsuite``, tools/*.py) a command that loaded torch ends the process here (`end_process`)."""
     if argv is None:
-        end_process(_main(sys.argv[1:]))
+        return _ended(_main(sys.argv[1:]))
     return _main(list(argv))
+
+
+def _ended(code: int) -> int:
+    """`end_process` once torch is loaded (its teardown is the slow one); else the code, for a normal exit."""
+    if "torch" in sys.modules:
+        end_process(code)
+    return code
 
 
 def end_process(code: int) -> NoReturn:
@@ -345,5 +352,5 @@ def tool_main(command: str, argv: list[str] | None = None) -> int:
     """What tools/<command>.py runs: the same as ``cvsuite <command> ...`` (with `argv` None, the process's own
     arguments, ending the process as `main` does)."""
     if argv is None:
-        end_process(_main([command, *sys.argv[1:]]))
+        return _ended(_main([command, *sys.argv[1:]]))
     return _main([command, *argv])

@@ -60,8 +60,13 @@ def ended(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("entry", ["main", "tool_main"])
 def test_the_process_own_command_line_ends_the_process_an_argument_list_returns(ended, monkeypatch, entry, capsys):
     monkeypatch.setattr(sys, "argv", ["cvsuite", "--help"] if entry == "main" else ["tools/train.py", "--help"])
+    assert "torch" in sys.modules  # as after any command that trains, evaluates or predicts
     with pytest.raises(Ended):
         main() if entry == "main" else tool_main("train")
     assert ended == [0] and "usage:" in capsys.readouterr().out
     assert (main(["--help"]) if entry == "main" else tool_main("train", ["--help"])) == 0
     assert ended == [0]  # not called again
+    # Without torch loaded (--help) the interpreter's own exit is quick: the code is returned to it.
+    monkeypatch.delitem(sys.modules, "torch")
+    assert (main() if entry == "main" else tool_main("train")) == 0
+    assert ended == [0]
