@@ -333,6 +333,8 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
     best = ckpt.best_model_path or ckpt.last_model_path
     if best and Path(best).is_file() and signum is None and _holds_module_weights(ckpt, best, trainer, cfg):
         evaluated, scored = module, Path(best).name  # the same weights, without reading them back
+    elif best and Path(best).is_file() and trainer.world_size == 1 and _load_weights(module, best):
+        evaluated, scored = module, Path(best).name  # the checkpoint's weights in the module trained here
     elif best and Path(best).is_file():
         evaluated, scored = load_module(spec.module_class, best, pretrained=False), Path(best).name
     else:
@@ -372,6 +374,18 @@ def _holds_module_weights(ckpt, path: str, trainer: L.Trainer, cfg: Config) -> b
         and written == trainer.global_step
         and getattr(ckpt, "_last_checkpoint_saved", None) == path
     )
+
+
+def _load_weights(module: L.LightningModule, path: str) -> bool:
+    """Load checkpoint `path`'s weights into `module`, the module of the run that wrote it (the same recipe built
+    both): what ``load_from_checkpoint`` gives, without building a second module and reading the file twice
+    (`load_module` checks it first). False when they do not fit; `load_module` then names the problem."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:  # another architecture: never from this run, but `load_module` names the problem
+        return False
+    return True
 
 
 def run_dir_of(ckpt: str | Path) -> Path:

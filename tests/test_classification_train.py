@@ -95,8 +95,10 @@ def test_final_evaluation_scores_the_best_checkpoint_with_or_without_reading_it(
     import cvsuite.run
 
     loaded = []
-    real_load = cvsuite.run.load_module
+    real_load, real_weights = cvsuite.run.load_module, cvsuite.run._load_weights
     monkeypatch.setattr(cvsuite.run, "load_module", lambda *a, **k: loaded.append(a[1]) or real_load(*a, **k))
+    # best.ckpt's weights read into the module that trained (`_load_weights`), or into a new one (`load_module`)
+    monkeypatch.setattr(cvsuite.run, "_load_weights", lambda m, p: loaded.append(p) or real_weights(m, p))
     run_dir = train(from_dict(tiny_recipe(colour_data, tmp_path / "run", trainer=trainer)))
     best = run_dir / "checkpoints" / "best.ckpt"
     assert [Path(p) for p in loaded] == ([best] if reads_checkpoint else [])
