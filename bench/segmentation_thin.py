@@ -352,7 +352,7 @@ def train(root: Path, proxy: dict, out: Path, budget: str, overrides: list[str])
     plan = next((line.split("budget plan: ", 1)[-1] for line in stderr.splitlines() if "budget plan" in line), "")
     print(f"\nwall time {seconds:.0f} s (whole process); run folder {run_dir}")
     print(f"budget plan: {plan}")
-    done = {k: m[k] for k in ("stopped_by", "epochs", "steps") if k in m}
+    done = {k: m[k] for k in ("stopped_by", "epochs_done", "steps_done") if k in m}
     print(f"done: {json.dumps(done)}")
     cm = np.asarray(m["confusion_matrix"])
     print(f"mIoU {m['miou']:.4f}; mIoU of the thin / rare classes {np.nanmean(iou_of(m, THIN)):.4f}\n")
