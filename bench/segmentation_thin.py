@@ -12,7 +12,7 @@ small or rare) is held out. This proxy has its shape: 367 + 101 images of 360 hi
   pole: near-vertical strips 2-6 px wide, 60-300 px tall (some with a thin arm), a grey or tinted metal gradient;
   sign: 10-28 px discs, squares/rectangles and triangles with a border, in four hue families, half on a pole top;
   pedestrian: upright figures 20-70 px tall (head, torso, two legs), skin-toned head, dark random clothing;
-  bicyclist: in about 15 % of the images (1-3 of them), a rider over two thin ring wheels and a frame.
+  bicyclist: in about 15 % of the images (1-4 of them), a rider over two thin ring wheels and a frame.
   Aimed at CamVid's pixel shares (pole ~1 %, sign ~0.3-0.5 %, pedestrian ~0.5-1 %, bicyclist ~0.3-0.5 %): the
   build prints the shares it measured.
 
@@ -249,7 +249,7 @@ def draw_pedestrian(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generat
 
 def draw_bicyclist(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
     """A rider over two thin ring wheels and a frame, facing left or right."""
-    r = rng.uniform(8, 20)  # wheel radius
+    r = rng.uniform(9, 22)  # wheel radius: the whole 45-120 px tall
     yb, x0 = rng.uniform(0.55, 1.0) * HEIGHT, rng.uniform(0, WIDTH)
     face = rng.choice([-1, 1])
     d = rng.uniform(2.5, 3.0) * r  # hub to hub
@@ -293,7 +293,7 @@ def scene(photo: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, np.
     for _ in range(rng.integers(0, 6)):
         draw_pedestrian(canvas, mask, rng)
     if rng.random() < 0.15:
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(1, 5)):
             draw_bicyclist(canvas, mask, rng)
     return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8)), mask
 
