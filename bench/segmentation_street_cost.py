@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +106,14 @@ def _colour_class(rgb: np.ndarray) -> int:
     return 4 + min(6, int(h * 7))
 
 
-def _mask(image: Image.Image) -> np.ndarray:
+def _mask(image: Image.Image, classify: Callable[[np.ndarray], int] = _colour_class) -> np.ndarray:
+    """Each SLIC superpixel of `image` as ``classify(its mean RGB)``."""
     pixels = np.asarray(image)
     segments = slic(pixels, n_segments=120, compactness=10, start_label=0)
     flat = pixels.reshape(-1, 3).astype(np.float64)
     counts = np.bincount(segments.ravel())
     means = np.stack([np.bincount(segments.ravel(), flat[:, c], len(counts)) for c in range(3)], 1)
-    lut = np.array([_colour_class(m / max(1, n)) for m, n in zip(means, counts)], dtype=np.uint8)
+    lut = np.array([classify(m / max(1, n)) for m, n in zip(means, counts)], dtype=np.uint8)
     return lut[segments]
 
 
