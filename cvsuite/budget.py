@@ -367,7 +367,11 @@ class BudgetClock(Callback):
         batches = sum(trainer.num_val_batches)
         if batches:
             self.val_batches = batches
-            per_batch = (now - self._val_start) / batches
+            # Work a task does once, in its first validation (a GAN's feature networks loaded and the real images'
+            # features extracted), is not what each later validation and the final evaluation cost: counted in,
+            # it would end training minutes early.
+            once = float(getattr(module, "validation_once_s", 0.0) or 0.0)
+            per_batch = max(0.0, now - self._val_start - once) / batches
             self._measured_validation(per_batch, per_batch)
             self._validated = True
         self._last = self._last_val = now

@@ -259,6 +259,26 @@ def test_a_stop_forced_by_a_dearer_reserve_still_trains_its_last_step_at_the_flo
     assert "lr at floor; stopped by deadline" in end
 
 
+def test_a_validations_one_off_work_is_not_charged_to_later_validations_or_the_final_evaluation():
+    """A validation of 4 batches took 10 s, 8 of them on work its module does once per run (validation_once_s: a
+    GAN's feature networks and real features): a validation costs 2 s from then on, not 10, and so does the final
+    evaluation of as many batches, plus its fixed part."""
+    from types import SimpleNamespace
+
+    from cvsuite.budget import FINAL_FIXED_S, BudgetClock
+
+    clock = BudgetClock("6min", time.time(), OPTIM, FINETUNE, 10, val_batches=4, final_batches=4)
+    trainer = SimpleNamespace(sanity_checking=False, num_val_batches=[4], val_check_batch=None)
+    clock._val_start = time.time() - 10.0
+    clock.on_validation_end(trainer, SimpleNamespace(validation_once_s=8.0))
+    assert clock.costs.val_s == pytest.approx(2.0, abs=0.1)
+    assert clock.costs.final_s == pytest.approx(2.0 + FINAL_FIXED_S, abs=0.1)
+    # A module without one-off work: the whole time counts.
+    clock._val_start = time.time() - 10.0
+    clock.on_validation_end(trainer, SimpleNamespace())
+    assert clock.costs.val_s == pytest.approx(10.0, abs=0.1)
+
+
 def test_a_one_batch_set_follows_the_clock_too(tmp_path):
     """Two images per class and a batch of 8: one step per epoch. The clock still measures steps, runs many epochs
     and ends with the schedule decayed, inside the budget."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -265,6 +266,26 @@ def test_train_resume_eval_generate(tmp_path, capsys, monkeypatch):
     tools.generate.main(["--ckpt", str(run_dir / "checkpoints" / "best.ckpt"), "--num", "2", "--output", str(by_hand),
                          "--seed", "3"])  # fmt: skip
     assert np.array_equal(np.asarray(Image.open(best / "00001.png")), np.asarray(Image.open(by_hand / "00001.png")))
+
+
+def test_the_first_validation_reports_its_one_off_work_to_the_budget_clock(tmp_path, monkeypatch):
+    """The first validation loads the FID network and extracts the real images' features (made 1.5 s slower
+    here); it reports that time as ``validation_once_s`` and later validations report none, so the budget clock
+    does not charge it to every validation and the final evaluation (which would end training minutes early)."""
+
+    def slow_network(name: str, *args):
+        time.sleep(1.5)
+        return feature_network(name, *args)
+
+    monkeypatch.setattr("cvsuite.tasks.generation.feature_network", slow_network)
+    seen: list[float] = []
+    monkeypatch.setattr(GenerationTask, "on_validation_end", lambda self: seen.append(self.validation_once_s))
+    data = blob_images(tmp_path / "photos", n=12)
+    recipe = gan_recipe(data, tmp_path / "run", _feature_weights(tmp_path), trainer={"num_sanity_val_steps": 0})
+    train(from_dict(recipe))  # as the recipes: no sanity check (its real features would not be kept)
+    assert len(seen) >= 2  # two epochs' validations (and the final evaluation's)
+    assert seen[0] >= 1.5  # the load and the real features
+    assert seen[1:] == [0.0] * (len(seen) - 1)
 
 
 def test_g_upsample_is_for_fastgan_only_and_old_checkpoints_keep_nearest():

@@ -14,6 +14,7 @@ import copy
 import difflib
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -211,6 +212,9 @@ class GenerationTask(TaskModule):
         self._metrics: GenerationMetrics | None = None  # built on first use; not a submodule, not checkpointed
         self._stats_at = -1  # ema_updates at the last standing-statistics refresh; -1 = never
         self._real_cached = False
+        # Seconds of the current validation spent on work done once per run (loading the feature networks,
+        # extracting the real images' features): the budget clock leaves them out of what a validation costs.
+        self.validation_once_s = 0.0
 
     @property
     def backbone(self) -> nn.Module:
@@ -342,8 +346,11 @@ class GenerationTask(TaskModule):
         return self._metrics.to(self.device)
 
     def on_validation_epoch_start(self) -> None:
+        started, first = time.perf_counter(), self._metrics is None
+        metrics = self.metrics()
+        self.validation_once_s = time.perf_counter() - started if first else 0.0
         # Real statistics are extracted once per run: the real set does not change between epochs.
-        self.metrics().reset(real=not self._real_cached)
+        metrics.reset(real=not self._real_cached)
 
     def sample_noise(self, indices: torch.Tensor) -> torch.Tensor:
         """(N, latent_dim): the noise of validation sample i is seeded by its dataset index, so the fakes are the
@@ -359,7 +366,9 @@ class GenerationTask(TaskModule):
         if (indices < 0).any():
             indices = batch_idx * n + torch.arange(n)
         if not self._real_cached:
+            started = time.perf_counter()
             self.metrics().update(to_unit(real), real=True, indices=indices)
+            self.validation_once_s += time.perf_counter() - started
         labels = batch["label"] if self.num_classes else None
         fake = self(self.sample_noise(indices), labels)
         self.metrics().update(to_unit(fake), real=False, indices=indices)
