@@ -233,6 +233,13 @@ def train(root: Path, out: Path, overrides: list[str]) -> None:
     print(f"final mIoU (best checkpoint, whole val split): {m.get('miou', float('nan')):.4f}")
 
 
+def hold_cpu_lock() -> None:
+    """Re-execute this script under ``flock LOCK`` (once), so no other job that takes the lock shares the cores."""
+    if os.environ.get("CVSUITE_CPU_LOCK") != LOCK:
+        os.environ["CVSUITE_CPU_LOCK"] = LOCK
+        os.execvp("flock", ["flock", LOCK, sys.executable, *sys.argv])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group()
@@ -244,9 +251,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="--probe: measure this often, keep the fastest")
     p.add_argument("--no-lock", action="store_true", help="do not take " + LOCK)
     args = p.parse_args()
-    if not args.no_lock and os.environ.get("CVSUITE_CPU_LOCK") != LOCK:
-        os.environ["CVSUITE_CPU_LOCK"] = LOCK
-        os.execvp("flock", ["flock", LOCK, sys.executable, *sys.argv])
+    if not args.no_lock:
+        hold_cpu_lock()
     tmp = Path(tempfile.mkdtemp(prefix="cvsuite-street-"))
     t0 = time.perf_counter()
     root = write_street_proxy(Path(args.data) if args.data else tmp / "data")

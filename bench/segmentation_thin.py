@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import colorsys
 import json
-import os
 import shlex
 import sys
 import tempfile
@@ -44,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from segmentation_street_cost import HEIGHT, WIDTH, _crop, _mask, _photos
+from segmentation_street_cost import HEIGHT, LOCK, WIDTH, _crop, _mask, _photos, hold_cpu_lock
 from train_tool import metrics, train_tool
 
 RECIPE = "configs/segmentation/finetune.yaml"
-LOCK = "/tmp/cvsuite-cpu.lock"
 SPLITS = {"train": 367, "val": 101}
 BACKGROUND = ("dark", "grey", "pale", "warm", "green", "blue", "purple")
 THIN = ("pole", "sign", "pedestrian", "bicyclist")
@@ -386,9 +384,8 @@ def main() -> None:
     p.add_argument("--overrides", default="", help='--train: extra recipe flags, e.g. "--data.class_crops 0"')
     p.add_argument("--no-lock", action="store_true", help="do not take " + LOCK)
     args = p.parse_args()
-    if not args.no_lock and os.environ.get("CVSUITE_CPU_LOCK") != LOCK:
-        os.environ["CVSUITE_CPU_LOCK"] = LOCK
-        os.execvp("flock", ["flock", LOCK, sys.executable, *sys.argv])
+    if not args.no_lock:
+        hold_cpu_lock()
     tmp = Path(tempfile.mkdtemp(prefix="cvsuite-thin-"))
     root = Path(args.data) if args.data else tmp / "data"
     t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,12 @@ import pytest
 from PIL import Image
 
 TINY_BACKBONE = "test_efficientnet"  # timm's own test architecture: real code path, milliseconds per step
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from `parts` that is the same in every process (``hash`` of a string is salted per process, which made
+    the generated images, and so the tiny trainings, differ from run to run)."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
 
 
 def colour_image(colour: tuple[int, int, int], size: int = 32, seed: int = 0) -> Image.Image:
@@ -27,7 +34,7 @@ def write_class_folders(root: Path, per_class: int = 12, splits=("train", "val")
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                colour_image(colour, seed=hash((split, c, i)) % 2**32).save(folder / f"{i}.png")
+                colour_image(colour, seed=stable_seed(split, c, i)).save(folder / f"{i}.png")
     return root
 
 

@@ -11,7 +11,7 @@ import torch
 import cvsuite.run
 from cvsuite.config import from_dict
 from cvsuite.run import evaluate, train
-from tests.conftest import CLASSES, colour_image, tiny_recipe
+from tests.conftest import CLASSES, colour_image, stable_seed, tiny_recipe
 
 # What only the training run's metrics.json says, or says differently: the file it scored, and the split it derived
 # where eval reads the list stored in the checkpoint (the same files; `num_samples` and the scores must agree).
@@ -35,7 +35,7 @@ def odd_class_folders(root, per_class: int = 12):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                image = colour_image(colour, size=48, seed=hash((split, c, i)) % 2**32)
+                image = colour_image(colour, size=48, seed=stable_seed(split, c, i))
                 image.resize(sizes[i % len(sizes)]).save(folder / f"{i}.png")
     return root
 
