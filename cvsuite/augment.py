@@ -17,7 +17,7 @@ mechanism (per DataLoader worker and per distributed rank), called by `cvsuite.d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import albumentations as A
@@ -109,15 +109,27 @@ def with_boxes(custom: A.Compose, params: A.BboxParams) -> A.Compose:
 
 # ---- segmentation -------------------------------------------------------------------------------------------------
 class ClassCentredCrop(A.RandomCrop):
-    """A random crop that, for a `share` of the samples, lies over a pixel of one class picked uniformly among the
-    classes in the mask (nnU-Net's foreground oversampling with every class counted): a class of a few thin or small
-    regions gets crops of its own instead of its share of the area, which random crops give it (a pole in 1 % of the
-    pixels is in many crops, but at their border and cut). Expects the image padded to the crop size first."""
+    """A random crop that, for a `share` of the samples, lies over a pixel of one class of the mask (nnU-Net's
+    foreground oversampling with every class counted): a class of a few thin or small regions gets crops of its own
+    instead of its share of the area, which random crops give it (a pole in 1 % of the pixels is in many crops, but
+    at their border and cut). The class is picked among those in the mask with probability in proportion to
+    `class_preference` (one value per class id; uniformly when None), so that a class found in few images, next to
+    many common ones, still gets most of the crops of those images. Expects the image padded to the crop size
+    first."""
 
-    def __init__(self, height: int, width: int, share: float, ignore_index: int, p: float = 1.0) -> None:
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        share: float,
+        ignore_index: int,
+        class_preference: Sequence[float] | None = None,
+        p: float = 1.0,
+    ) -> None:
         super().__init__(height, width, p=p)
         self.share = share
         self.ignore_index = ignore_index
+        self.class_preference = None if class_preference is None else [float(w) for w in class_preference]
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         out = super().get_params_dependent_on_data(params, data)
@@ -127,7 +139,12 @@ class ClassCentredCrop(A.RandomCrop):
         classes = [c for c in np.unique(mask).tolist() if c != self.ignore_index]
         if not classes:
             return out
-        ys, xs = np.nonzero(mask == classes[self.py_random.randrange(len(classes))])
+        if self.class_preference is None:
+            chosen = classes[self.py_random.randrange(len(classes))]
+        else:
+            prefs = [self.class_preference[c] if 0 <= c < len(self.class_preference) else 0.0 for c in classes]
+            chosen = self.py_random.choices(classes, weights=prefs)[0] if sum(prefs) > 0 else classes[0]
+        ys, xs = np.nonzero(mask == chosen)
         i = self.py_random.randrange(len(ys))
         height, width = mask.shape[:2]
         # The chosen pixel anywhere in the window (not always its centre), the window inside the image.
@@ -145,16 +162,17 @@ def segmentation_train(
     std,
     ignore_index: int,
     class_crops: float = 0.0,
+    class_preference: Sequence[float] | None = None,
 ) -> A.Compose:
     """Scale-preserving crops, so training sees objects at the size validation (full image) sees them; padding
     and rotation borders are `ignore_index` in the mask, so they count for nothing. `class_crops`: the share of
-    crops placed over a class picked uniformly among the image's classes (`ClassCentredCrop`)."""
+    crops placed over a class of the image, picked in proportion to `class_preference` (`ClassCentredCrop`)."""
     ops: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)] if image_size else []
     if preset != "none":
         ops.append(A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0))
     ops += [
         A.PadIfNeeded(crop_size, crop_size, border_mode=0, fill=0, fill_mask=ignore_index),
-        ClassCentredCrop(crop_size, crop_size, class_crops, ignore_index)
+        ClassCentredCrop(crop_size, crop_size, class_crops, ignore_index, class_preference)
         if class_crops
         else A.RandomCrop(crop_size, crop_size),
     ]

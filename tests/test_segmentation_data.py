@@ -315,11 +315,33 @@ def test_class_crops_with_a_custom_pipeline_is_refused():
     assert load_config("configs/segmentation/finetune.yaml", ["--data.class_crops", "0", *custom]).data.class_crops == 0
 
 
-def test_class_crops_reach_the_training_pipeline(tmp_path):
+def test_class_crops_centre_on_a_rare_class_as_often_as_its_preference_says():
+    """The blob (class 2) next to the background and a pole: picked for a third of the class crops when every class
+    counts the same, for 20/22 of them with a preference of 20 against 1 and 1 (300 draws, seeded)."""
+    mask = thin_and_rare_mask()
+    image = np.zeros((*mask.shape, 3), np.uint8)
+
+    def blob_share(preference) -> float:
+        pipeline = train_transforms("none", 32, None, (0.0,) * 3, (1.0,) * 3, 255, 1.0, preference)
+        pipeline.set_random_seed(0)
+        return np.mean([(np.asarray(pipeline(image=image, mask=mask)["mask"]) == 2).any() for _ in range(300)])
+
+    uniform, preferred = blob_share(None), blob_share([1.0, 1.0, 20.0])
+    assert 0.25 < uniform < 0.5, uniform
+    assert preferred > 0.85, preferred
+
+
+def test_class_crops_reach_the_training_pipeline_with_each_class_preferred_by_its_rarity(tmp_path):
     write_dataset(tmp_path, size=(75, 100))
     dm = datamodule(tmp_path, class_crops=0.5)
     crops = [t for t in dm.train_set.transform.transforms if type(t).__name__ == "ClassCentredCrop"]
     assert len(crops) == 1 and crops[0].share == 0.5
+    counts = np.zeros(3)
+    for sample in dm.train_set.samples:
+        counts += np.bincount(dm.decoder(sample).ravel(), minlength=3)[:3]
+    # The square root of each class's inverse pixel share in the training masks, by hand.
+    np.testing.assert_allclose(crops[0].class_preference, np.sqrt(counts.sum() / counts), rtol=1e-9)
+    assert np.argmax(crops[0].class_preference) == np.argmin(counts)
     batch = next(iter(dm.train_dataloader()))
     assert batch["mask"].shape[-2:] == (32, 32)
 

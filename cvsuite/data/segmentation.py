@@ -74,7 +74,7 @@ class SegmentationDataConfig:
     image_size: int | None = None  # resize so the longer side is this (train, val, predict); None = native size
     crop_size: int = 256  # square training crops (padded with ignore_index where the image is smaller)
     crops_per_image: int = 1  # random crops of each training image per epoch (small datasets of large images)
-    class_crops: float = 0.0  # share of crops placed over a class picked uniformly among the image's classes
+    class_crops: float = 0.0  # share of crops placed over a class of the image, rarer classes picked more often
     batch_size: int = 8
     num_workers: int = -1  # -1 = cores - 1
     augment: Literal["none", "light", "strong"] = "light"  # see cvsuite/augment.py
@@ -569,6 +569,9 @@ class SegmentationDataModule(ContractDataModule):
         self.val_set: SegmentationDataset | None = None
         self.collate_fn = _Collate(self.ignore_index)
         self._on_disk: OnDisk | None = None
+        self._train_samples: list[Sample] = []
+        self._fitting = True
+        self._pixel_counts: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -594,7 +597,18 @@ class SegmentationDataModule(ContractDataModule):
             self.norm.std,
             self.ignore_index,
             cfg.class_crops,
+            self.crop_class_preference() if cfg.class_crops and self._fitting else None,
         )
+
+    def crop_class_preference(self) -> np.ndarray:
+        """How often `data.class_crops` centres on each class when an image holds several: the square root of its
+        inverse pixel share in training. A class in a few images (bicyclists, a construction site) then gets most
+        of their class crops instead of one in eight or ten, without starving the common classes of crops."""
+        counts = self.class_pixel_counts().astype(np.float64)
+        preference = np.where(counts > 0, np.sqrt(counts.sum() / np.maximum(counts, 1)), 0.0)
+        chances = ", ".join(f"{n} {p:.1f}" for n, p in zip(self.class_names or [], preference / preference.max()))
+        log.info("class crops (data.class_crops): a class is picked in proportion to %s", chances)
+        return preference
 
     def preset_eval(self) -> A.Compose:
         return augment.segmentation_eval(self.cfg.image_size, self.norm.mean, self.norm.std)
@@ -704,6 +718,8 @@ class SegmentationDataModule(ContractDataModule):
         if self.val_set is not None:
             return
         train, val = self._split()
+        self._train_samples = train.samples
+        self._fitting = stage in (None, "fit")  # evaluation builds no training crops: their statistics are not read
         workers = default_workers(self.cfg.num_workers) or 1
         # COCO: the checkpoint's category -> class mapping wins over the files' (class order is the model's).
         category_ids = self.category_ids or train.category_ids or val.category_ids
@@ -731,4 +747,7 @@ class SegmentationDataModule(ContractDataModule):
         )
 
     def class_pixel_counts(self) -> np.ndarray:
-        return pixel_counts(self.train_set.samples, self.decoder)
+        """Pixels of each class in the training masks (read once: class crops and class weights both use them)."""
+        if self._pixel_counts is None:
+            self._pixel_counts = pixel_counts(self._train_samples, self.decoder)
+        return self._pixel_counts
