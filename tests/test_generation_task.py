@@ -381,3 +381,34 @@ def test_the_gan_shares_the_ddp_and_gpu_base_but_no_fine_tuning_schedule():
     assert issubclass(GenerationTask, TaskModule) and not issubclass(GenerationTask, BaseTask)
     for name in ("apply_freeze", "backbone_frozen", "l1_penalty", "finetune_cfg"):
         assert not hasattr(GenerationTask, name), name
+
+
+def _one_step(module: GenerationTask) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(_OneBatch(), batch_size=4))
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_channels_last_gan_step_is_the_nchw_step_in_another_memory_layout():
+    # The few-shot recipe trains in channels_last (faster on CPUs too): the same weights must come out of a step.
+    torch.manual_seed(0)
+    nchw = tiny_task(ada_target=0.6)
+    nhwc = tiny_task(ada_target=0.6, channels_last=True)
+    nhwc.load_state_dict(nchw.state_dict())
+    before = {k: v.clone() for k, v in nchw.state_dict().items()}
+    after_nchw, after_nhwc = _one_step(nchw), _one_step(nhwc)
+    conv = next(m for m in nhwc.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    moved = [k for k in after_nchw if k.startswith("generator.") and not torch.equal(after_nchw[k], before[k])]
+    assert len(moved) > 3, moved  # both optimiser steps ran
+    for key in moved:
+        torch.testing.assert_close(after_nhwc[key], after_nchw[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -78,7 +78,7 @@ class GenerationModelConfig:
     kid_subset_size: int = 100  # images per KID subset (capped at the number of images)
     inception_weights: str | None = None  # torch-fidelity's Inception weights file: adds the classic fid_inception
     grid_size: int = 64  # fixed-noise samples drawn into <run>/samples/epoch_NNN.png (NNN from 001)
-    channels_last: bool = False  # NHWC weights and inputs: faster with tensor cores under mixed precision (GPU)
+    channels_last: bool = False  # NHWC weights: faster steps on GPUs and CPUs (the few-shot recipe turns it on)
     compile: bool = False  # torch.compile the discriminator's frozen backbone (GPU; slow to start)
 
 
