@@ -94,22 +94,18 @@ class _OneBatch(torch.utils.data.Dataset):
         return {"image": torch.rand(3, 32, 32, generator=g) * 2 - 1, "label": i % 2}
 
 
+def _one_batch_trainer(**kw) -> L.Trainer:
+    """Trains on `_OneBatch` only: no validation, no files, no output."""
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(max_epochs=1, limit_val_batches=0, accelerator="cpu", **quiet, **kw)
+
+
 @pytest.mark.parametrize(("precision", "classes"), [("32-true", None), ("bf16-mixed", None), ("32-true", ["a", "b"])])
 def test_d_step_then_g_step_change_only_their_own_parameters(precision, classes):
     torch.manual_seed(0)
     module = tiny_task(class_names=classes)
     snaps = Snapshots()
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[snaps],
-        precision=precision,
-        accelerator="cpu",
-    )
+    trainer = _one_batch_trainer(callbacks=[snaps], precision=precision)
     trainer.fit(module, torch.utils.data.DataLoader(_OneBatch(), batch_size=4))
     before_d, before_g, after = snaps.states
     trainable_d = {n for n, p in module.discriminator.named_parameters() if "backbone" not in n and p.requires_grad}
@@ -385,16 +381,7 @@ def test_the_gan_shares_the_ddp_and_gpu_base_but_no_fine_tuning_schedule():
 
 def _one_step(module: GenerationTask) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, torch.utils.data.DataLoader(_OneBatch(), batch_size=4))
+    _one_batch_trainer().fit(module, torch.utils.data.DataLoader(_OneBatch(), batch_size=4))
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
