@@ -1,5 +1,5 @@
 """What a training step of the few-shot GAN recipe (`configs/generation/fewshot.yaml`) costs on this CPU, per
-memory format and discriminator variant, side by side in one run: one discriminator step and one generator step on
+memory format, side by side in one run: one discriminator step and one generator step on
 a batch of the recipe's size, the recipe's own data module and Lightning loop (`bench/probe.py`'s step timer).
 
 Under `--run.budget` a cheaper step is more steps in the same minutes, which is what the recipe's samples were
