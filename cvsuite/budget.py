@@ -11,6 +11,7 @@ slows down or speeds up mid-run still gets a fully decayed schedule that ends on
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import statistics
@@ -188,8 +189,18 @@ class BudgetClock(Callback):
             # No validation measured yet (no sanity check): a forward pass is about a third of a training step.
             per_batch = statistics.median(self._steps) / 3
             val_s, final_s = per_batch * self.val_batches, per_batch * self.final_batches + FINAL_FIXED_S
+        final_s = self._final_s(trainer, final_s)
         costs = Costs(None, (val_s or 0.0) + self._writes_s(trainer), final_s, self.costs.ckpt_s, self.costs.after_s)
         return reserve_s(costs, validates=self._validates_at_stop(trainer))
+
+    def _final_s(self, trainer: L.Trainer, final_s: float | None) -> float | None:
+        """What the final evaluation costs: `final_s`, or only reading a checkpoint back where the task's validation
+        is its whole evaluation (the GAN's), it scores the whole split, and a validation leaves a best checkpoint
+        (`cvsuite.run` then reads that checkpoint's own metrics)."""
+        reads_back = getattr(trainer.lightning_module, "validation_is_evaluation", False)
+        if reads_back and self.val_batches == self.final_batches and self._validates_at_stop(trainer):
+            return FINAL_FIXED_S
+        return final_s
 
     def _validates_at_stop(self, trainer: L.Trainer) -> bool:
         """Whether the final weights are validated when training stops: only when an earlier validation left a best
@@ -308,7 +319,7 @@ class BudgetClock(Callback):
         last_next = not stop and not self._cached and clock.out_of_time(now + step_s, after_next)
         # Too late for what follows to fit as measured (a step far slower than any before): the final evaluation
         # goes first, so the validation of the final weights is left out.
-        costs = self.costs
+        costs = dataclasses.replace(self.costs, final_s=self._final_s(trainer, self.costs.final_s))
         after = (costs.val_s or 0.0) + self._writes_s(trainer) + costs.ckpt_s + (costs.final_s or 0.0) + costs.after_s
         late = stop and (clock.deadline - now < after or not self._validates_at_stop(trainer))
         if stop and not self._cached and not self._floor_step and not self._at_floor(self.trained_at):

@@ -17,6 +17,9 @@ from cvsuite.errors import CheckpointError  # noqa: F401  (importable from here 
 
 # The resolved recipe, stored in every checkpoint so eval/predict/export need nothing else.
 CONFIG_KEY = "cvsuite_config"
+# A validation that scored the checkpoint's own weights (its step, batches and metrics): written by tasks whose
+# validation is their whole evaluation (the GAN's FID/KID), read back by a run's final evaluation.
+VALIDATION_KEY = "cvsuite_validation"
 
 # Classes (beyond torch's own allow-list) that cvsuite checkpoints may hold. None today: hparams are plain dicts.
 SAFE_GLOBALS: list[Any] = []

@@ -33,7 +33,7 @@ import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cvsuite import schedule
-from cvsuite.checkpoint import CONFIG_KEY, load_module, read_checkpoint, resolve
+from cvsuite.checkpoint import CONFIG_KEY, VALIDATION_KEY, load_module, read_checkpoint, resolve
 from cvsuite.config import Config, ConfigError, from_dict, merge, parse_overrides, read_yaml
 from cvsuite.data.common import IMAGE_EXTENSIONS, DatasetError, drop_unreadable, list_images
 from cvsuite.distributed import check_trainer, device_count, end_process_group, global_rank, shared_run_dir
@@ -328,7 +328,8 @@ def _stopped_by(trainer: L.Trainer, clock, signum: int | None) -> str:
 
 def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, signum, phases: PhaseTimes) -> str:
     """metrics.json of the best checkpoint, else of the last weights (last.ckpt, or the module as training left
-    it when no epoch ended), with the run's ``timings``; returns what it scored."""
+    it when no epoch ended), with the run's ``timings``; returns what it scored. A checkpoint that carries its own
+    validation of the whole split (`_stored_validation`) is not scored again: its metrics are read back."""
     t0 = time.time()
     best = ckpt.best_model_path or ckpt.last_model_path
     if best and Path(best).is_file() and signum is None and _holds_module_weights(ckpt, best, trainer, cfg):
@@ -339,7 +340,13 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
         evaluated, scored = load_module(spec.module_class, best, pretrained=False), Path(best).name
     else:
         evaluated, scored = module, "the last weights (no checkpoint was written yet)"
-    metrics = _evaluate_module(evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots, phases=phases)
+    stored = _stored_validation(evaluated, best, dm) if best and Path(best).is_file() else None
+    if stored is not None:
+        evaluated.last_metrics = dict(stored["metrics"])
+        log.info("final evaluation: %s's own validation at step %d (the whole split)", scored, stored["step"])
+    metrics = _evaluate_module(
+        evaluated, spec, cfg, dm, run_dir, plots=cfg.run.plots, phases=phases, validate=stored is None
+    )
     metrics.update(dm.describe())
     # The GAN steps its two optimisers once each per batch, and each step counts in global_step.
     per_batch = 1 if module.automatic_optimization else max(1, len(trainer.optimizers))
@@ -361,6 +368,18 @@ def _final_evaluation(trainer, module, spec, cfg, dm, run_dir, ckpt, clock, sign
     if clock is not None:
         log.info(clock.summary(epochs, time.time() - t0, stopped_by))
     return scored
+
+
+def _stored_validation(module: L.LightningModule, path: str, dm) -> dict[str, Any] | None:
+    """The validation that checkpoint `path` carries of its own weights (the same step) on the whole validation
+    split, for a task whose validation is its whole evaluation (``validation_is_evaluation``); else None."""
+    if not getattr(module, "validation_is_evaluation", False):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    stored = state.get(VALIDATION_KEY)
+    if not stored or stored.get("step") != state.get("global_step"):
+        return None
+    return stored if stored.get("batches") == dm.val_batches(training=False) else None
 
 
 def _holds_module_weights(ckpt, path: str, trainer: L.Trainer, cfg: Config) -> bool:
@@ -494,19 +513,29 @@ def load_checkpoint(ckpt: str | Path, config: str | Path | None = None, override
 
 
 def _evaluate_module(
-    module, spec: TaskSpec, cfg: Config, dm, run_dir: Path | None, plots: bool, phases: PhaseTimes | None = None
+    module,
+    spec: TaskSpec,
+    cfg: Config,
+    dm,
+    run_dir: Path | None,
+    plots: bool,
+    phases: PhaseTimes | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
-    trainer = L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator=cfg.trainer.get("accelerator", "auto"),
-        devices=1,
-        precision=cfg.trainer.get("precision", "32-true"),
-        default_root_dir=str(run_dir) if run_dir else None,
-    )
-    trainer.validate(module, datamodule=dm, verbose=False)
+    """`module`'s metrics on the whole validation split (with `validate` False: its `last_metrics` as they are),
+    then its plots."""
+    if validate:
+        trainer = L.Trainer(
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator=cfg.trainer.get("accelerator", "auto"),
+            devices=1,
+            precision=cfg.trainer.get("precision", "32-true"),
+            default_root_dir=str(run_dir) if run_dir else None,
+        )
+        trainer.validate(module, datamodule=dm, verbose=False)
     if phases is not None:
         phases.mark("final_evaluation")
     if plots and run_dir is not None:

@@ -21,6 +21,7 @@ from cvsuite.data.classification import ImageClassificationDataset
 from cvsuite.optim import lr_lambda
 from cvsuite.run import train
 from cvsuite.schedule import (
+    FINAL_FIXED_S,
     Clock,
     Costs,
     cached_epochs,
@@ -181,6 +182,24 @@ def test_the_reserve_holds_what_follows_training():
     costs = Costs(step_s=1.0, val_s=4.0, final_s=8.0, ckpt_s=1.0, after_s=3.0)
     assert reserve_s(costs, validates=True) == pytest.approx(1.25 * 13 + 3)
     assert reserve_s(costs, validates=False) == pytest.approx(1.25 * 9 + 3)
+
+
+def test_the_reserve_holds_no_second_scoring_where_the_validation_is_the_evaluation():
+    """The GAN's final evaluation reads the best checkpoint's validation back: when the final weights are validated
+    at the stop on the whole split, the reserve keeps one scoring, not two; a validation of part of the split keeps
+    both."""
+    from types import SimpleNamespace
+
+    from cvsuite.budget import BudgetClock
+
+    clock = BudgetClock("60s", 0.0, asdict(OptimConfig()), asdict(FinetuneConfig()), 1, val_batches=3, final_batches=3)
+    clock.costs.val_s, clock.costs.final_s, clock._validated = 10.0, 12.0, True
+    gan = SimpleNamespace(enable_validation=True, checkpoint_callbacks=[], lightning_module=SimpleNamespace())
+    gan.lightning_module.validation_is_evaluation = True
+    other = SimpleNamespace(enable_validation=True, checkpoint_callbacks=[], lightning_module=SimpleNamespace())
+    assert clock._reserve(other) - clock._reserve(gan) == pytest.approx(1.25 * (12.0 - FINAL_FIXED_S))
+    clock.val_batches = 1  # trainer.limit_val_batches: the final evaluation must score the whole split itself
+    assert clock._reserve(gan) == pytest.approx(clock._reserve(other))
 
 
 # ---- budget runs -----------------------------------------------------------------------------------------------

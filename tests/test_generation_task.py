@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -129,6 +130,17 @@ def test_d_step_then_g_step_change_only_their_own_parameters(precision, classes)
     assert np.isfinite(float(trainer.callback_metrics["train_g_loss"]))
 
 
+def test_a_scheduler_counts_trainer_max_steps_as_two_optimiser_steps_per_batch():
+    # trainer.max_steps counts both optimisers' steps: 4 steps are 2 batches, and the cosine ends at its floor there
+    # (planned over 4 batches it would stop halfway down).
+    module = tiny_task(optim={**_optim(), "scheduler": "cosine", "min_lr_ratio": 0.0, "warmup_share": 0.0})
+    trainer = _one_batch_trainer(max_steps=4)
+    trainer.fit(module, torch.utils.data.DataLoader(_OneBatch(), batch_size=1))
+    assert int(module.ema_updates) == 2 and module.planned_batches() == 2
+    for optimizer in trainer.optimizers:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_optimisers_hold_no_frozen_parameters():
     module = tiny_task(d_lr=5e-4, d_betas=[0.5, 0.9], projection="fixed")
     module.trainer = None  # configure_optimizers needs no trainer when there is no schedule
@@ -236,6 +248,17 @@ def test_train_resume_eval_generate(tmp_path, capsys, monkeypatch):
     extra = [float(r[f"val_fid_{EXTRA}"]) for r in rows if float(r["val_fid"]) == best_fid]
     assert any(metrics[f"fid_{EXTRA}"] == pytest.approx(v, rel=1e-3) for v in extra)
     assert metrics["epochs_done"] == 2 and metrics["stopped_by"] == "max_epochs"
+    # The final evaluation is the best checkpoint's own validation read back (FID is not computed twice for the
+    # same weights); scoring the checkpoint again gives the same numbers.
+    best_ckpt = run_dir / "checkpoints" / "best.ckpt"
+    state = torch.load(best_ckpt, weights_only=True)
+    assert state["cvsuite_validation"]["step"] == state["global_step"]
+    assert state["cvsuite_validation"]["metrics"]["fid"] == metrics["fid"]
+    capsys.readouterr()
+    assert tools.eval.main(["--ckpt", str(best_ckpt), "--output", str(tmp_path / "best_eval.json")]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("fid", "kid", f"fid_{EXTRA}", "num_fake"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-5), key
 
     # Resume through the runner: the run folder gets the next epoch (see test_resume_restores_counters_and_optimisers).
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -264,6 +287,31 @@ def test_train_resume_eval_generate(tmp_path, capsys, monkeypatch):
     assert np.array_equal(np.asarray(Image.open(best / "00001.png")), np.asarray(Image.open(by_hand / "00001.png")))
 
 
+def test_the_final_evaluation_scores_again_when_validation_saw_part_of_the_split(tmp_path, monkeypatch):
+    """Validation inside training limited to 1 of the 2 validation batches: its FID is not the evaluation of the
+    whole split, so the final evaluation computes it (all 8 images) instead of reading the checkpoint's back."""
+    calls = {"validate": 0}
+    original = L.Trainer.validate
+
+    def counting(self, *args, **kwargs):
+        calls["validate"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "validate", counting)
+    data = blob_images(tmp_path / "photos")
+    recipe = gan_recipe(data, tmp_path / "run", _feature_weights(tmp_path), trainer={"limit_val_batches": 1})
+    run_dir = train(from_dict(recipe))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert state["cvsuite_validation"]["metrics"]["num_fake"] == 4
+    assert metrics["num_fake"] == metrics["num_real"] == 8 and calls["validate"] == 1
+    # With the whole split validated, the run itself calls validate no more (see test_train_resume_eval_generate).
+    calls["validate"] = 0
+    recipe = gan_recipe(data, tmp_path / "run2", _feature_weights(tmp_path))
+    metrics = json.loads((train(from_dict(recipe)) / "metrics.json").read_text())
+    assert metrics["num_fake"] == 8 and calls["validate"] == 0
+
+
 def test_the_first_validation_reports_its_one_off_work_to_the_budget_clock(tmp_path, monkeypatch):
     """The first validation loads the FID network and extracts the real images' features (made 1.5 s slower
     here); it reports that time as ``validation_once_s`` and later validations report none, so the budget clock
@@ -282,6 +330,39 @@ def test_the_first_validation_reports_its_one_off_work_to_the_budget_clock(tmp_p
     assert len(seen) >= 2  # two epochs' validations (and the final evaluation's)
     assert seen[0] >= 1.5  # the load and the real features
     assert seen[1:] == [0.0] * (len(seen) - 1)
+
+
+def test_a_budget_run_validates_its_final_weights_and_reads_that_validation_back(tmp_path, monkeypatch, caplog):
+    """The GAN's final evaluation reads the best checkpoint's validation back, so the clock keeps no time for
+    scoring it again: a final evaluation measured dearer than the whole budget (as if FID took 60 s) neither ends
+    training early nor drops the validation of the final weights, and the run ends inside its budget."""
+    from cvsuite.budget import BudgetClock
+
+    measured = BudgetClock._measured_validation
+
+    def dear_final(self, first_s, per_batch):
+        measured(self, first_s, per_batch)
+        self.costs.final_s = 60.0
+
+    monkeypatch.setattr(BudgetClock, "_measured_validation", dear_final)
+    caplog.set_level(logging.INFO, logger="cvsuite")
+    data = blob_images(tmp_path / "photos")
+    recipe = gan_recipe(
+        data, tmp_path / "run", _feature_weights(tmp_path), run={"budget": "20s", "plots": False},
+        trainer={"num_sanity_val_steps": 0},
+    )  # fmt: skip
+    started = time.time()
+    run_dir = train(from_dict(recipe), started=started)
+    assert time.time() - started < 20 * 1.05
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    with (run_dir / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    messages = [r.getMessage() for r in caplog.records]
+    assert metrics["stopped_by"] == "deadline" and len(rows) >= 2
+    assert rows[-1]["val_fid"]  # the final weights were validated
+    assert not any("no validation of the final weights" in m for m in messages)
+    assert any("own validation at step" in m for m in messages)
+    assert metrics["fid"] == pytest.approx(min(float(r["val_fid"]) for r in rows if r["val_fid"]), rel=1e-3)
 
 
 def test_g_upsample_is_for_fastgan_only_and_old_checkpoints_keep_nearest():

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from cvsuite.checkpoint import VALIDATION_KEY
 from cvsuite.config import ChoiceError, ConfigError
 from cvsuite.data.generation import GenerationDataConfig, GenerationDataModule
 from cvsuite.metrics.generation import INCEPTION, GenerationMetrics, feature_network, find_inception_torchscript
@@ -129,6 +130,9 @@ class GenerationTask(TaskModule):
 
     # Under DDP each manual backward trains one network only (D's step leaves G without gradients and back).
     ddp_find_unused_parameters = True
+    # A validation computes all the final evaluation does (FID/KID of the EMA samples against every real image), so
+    # a run's final evaluation reads the best checkpoint's own validation back instead of scoring its weights twice.
+    validation_is_evaluation = True
 
     def __init__(
         self,
@@ -212,6 +216,8 @@ class GenerationTask(TaskModule):
         self._metrics: GenerationMetrics | None = None  # built on first use; not a submodule, not checkpointed
         self._stats_at = -1  # ema_updates at the last standing-statistics refresh; -1 = never
         self._real_cached = False
+        self._real_batches = -1  # validation batches the cached real statistics came from
+        self._validation: dict[str, Any] | None = None  # the last validation of a fit (`on_save_checkpoint`)
         # Seconds of the current validation spent on work done once per run (loading the feature networks,
         # extracting the real images' features): the budget clock leaves them out of what a validation costs.
         self.validation_once_s = 0.0
@@ -297,6 +303,14 @@ class GenerationTask(TaskModule):
             logits["ada_p"] = self.augment.p.detach().float()  # metrics.csv: its mean over the epoch
         self.log_dict(logits, on_step=False, on_epoch=True, batch_size=n)
 
+    def planned_batches(self) -> int:
+        """The training batches the Trainer will run. Lightning's estimate takes ``trainer.max_steps`` as batches,
+        but it counts optimiser steps, two per batch here."""
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.trainer.max_steps not in (None, -1):
+            total = min(total, math.ceil(self.trainer.max_steps / 2))
+        return max(1, total)
+
     @property
     def adaptive(self) -> bool:
         """Whether the augmentation strength adapts (``model.ada_target``)."""
@@ -330,7 +344,7 @@ class GenerationTask(TaskModule):
             optimizers.append(build_optimizer([g for g in groups if g["params"]], c))
         if cfg["scheduler"] == "none":
             return optimizers
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.planned_batches()
         per_epoch = max(1, math.ceil(total / max(1, int(self.trainer.max_epochs or 1))))
         return optimizers, [build_scheduler(o, c, total, per_epoch) for o, c in zip(optimizers, (cfg, d_cfg))]
 
@@ -349,7 +363,13 @@ class GenerationTask(TaskModule):
         started, first = time.perf_counter(), self._metrics is None
         metrics = self.metrics()
         self.validation_once_s = time.perf_counter() - started if first else 0.0
-        # Real statistics are extracted once per run: the real set does not change between epochs.
+        # Real statistics are extracted once per run: the real set does not change between epochs. Unless this pass
+        # scores other batches than the cached one (trainer.limit_val_batches in training, then the final evaluation
+        # of the whole split): FID against a part of the real set would be another number.
+        batches = int(sum(self.trainer.num_val_batches))
+        if batches != self._real_batches:
+            self._real_cached = False
+        self._real_batches = batches
         metrics.reset(real=not self._real_cached)
 
     def sample_noise(self, indices: torch.Tensor) -> torch.Tensor:
@@ -377,11 +397,18 @@ class GenerationTask(TaskModule):
         self.last_metrics = self.metrics().compute()
         # The sanity check sees only a few batches: its real statistics must not be kept.
         self._real_cached = not self.trainer.sanity_checking
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            batches = int(sum(self.trainer.num_val_batches))
+            self._validation = {"step": int(self.global_step), "batches": batches, "metrics": dict(self.last_metrics)}
         # Features gathered from every process: the same value on every rank.
         self.log("val_fid", self.last_metrics["fid"], prog_bar=True, sync_dist=True)
         self.log("val_kid", self.last_metrics["kid"], prog_bar=True, sync_dist=True)
         for f in self.metrics().extra:  # the extra spaces' columns in metrics.csv: val_fid_<name>
             self.log(f"val_fid_{f.name}", self.last_metrics[f"fid_{f.name}"], sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._validation is not None:
+            checkpoint[VALIDATION_KEY] = self._validation
 
 
 class SampleGrid(Callback):
