@@ -141,6 +141,24 @@ def test_a_scheduler_counts_trainer_max_steps_as_two_optimiser_steps_per_batch()
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_under_a_budget_the_schedulers_follow_the_clock():
+    # run.budget: the Trainer's epoch count is the clock's estimate, so the rates follow the clock's progress (as
+    # every other task's), not a step count planned from trainer.max_epochs.
+    from types import SimpleNamespace
+
+    module = tiny_task(optim={**_optim(), "scheduler": "cosine", "min_lr_ratio": 0.0, "warmup_share": 0.0})
+    state = {"progress": 0.5}
+    module.clock = SimpleNamespace(lr_progress=lambda: state["progress"], recipe_epochs=18)
+    optimizers, schedulers = module.configure_optimizers()
+    for optimizer, scheduler in zip(optimizers, schedulers):
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)  # the cosine halfway down
+    state["progress"] = 1.0
+    for optimizer, scheduler in zip(optimizers, schedulers):
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_optimisers_hold_no_frozen_parameters():
     module = tiny_task(d_lr=5e-4, d_betas=[0.5, 0.9], projection="fixed")
     module.trainer = None  # configure_optimizers needs no trainer when there is no schedule

@@ -40,8 +40,9 @@ from cvsuite.models.generation import (
     generator_loss,
     standing_stats,
 )
-from cvsuite.optim import build_optimizer, build_scheduler, param_groups
+from cvsuite.optim import build_optimizer, build_scheduler, param_groups, progress_scheduler
 from cvsuite.outputs import atomic_path
+from cvsuite.schedule import shares
 from cvsuite.tasks import TaskSpec
 from cvsuite.tasks.base import TaskModule
 
@@ -133,6 +134,8 @@ class GenerationTask(TaskModule):
     # A validation computes all the final evaluation does (FID/KID of the EMA samples against every real image), so
     # a run's final evaluation reads the best checkpoint's own validation back instead of scoring its weights twice.
     validation_is_evaluation = True
+    # Under run.budget, `cvsuite.budget.BudgetClock` attaches itself here before the optimisers are built.
+    clock = None
 
     def __init__(
         self,
@@ -344,9 +347,16 @@ class GenerationTask(TaskModule):
             optimizers.append(build_optimizer([g for g in groups if g["params"]], c))
         if cfg["scheduler"] == "none":
             return optimizers
+        configs, clock = (cfg, d_cfg), self.clock
+        if clock is not None:  # run.budget: the rates follow the share of the training time spent, as other tasks'
+            warmup = shares(cfg, self.hparams.finetune, clock.recipe_epochs).warmup
+            progress = lambda _: clock.lr_progress()  # noqa: E731
+            return optimizers, [
+                progress_scheduler(o, c, progress, warmup, clock.recipe_epochs) for o, c in zip(optimizers, configs)
+            ]
         total = self.planned_batches()
         per_epoch = max(1, math.ceil(total / max(1, int(self.trainer.max_epochs or 1))))
-        return optimizers, [build_scheduler(o, c, total, per_epoch) for o, c in zip(optimizers, (cfg, d_cfg))]
+        return optimizers, [build_scheduler(o, c, total, per_epoch) for o, c in zip(optimizers, configs)]
 
     # ---- validation: FID/KID of EMA samples against the real set ------------------------------------------
     def metrics(self) -> GenerationMetrics:
