@@ -7,7 +7,7 @@ tf_efficientnet_lite0's space as the extra column, as many generated images as r
 (the recipe's reference set).
 
 ROOT: a folder of images (decoded once, resized to 64 x 64, scaled to [-1, 1], random horizontal flips); batch 32;
-one discriminator then one generator step per batch; Adam 2e-4, betas (0.5, 0.999), constant (as the recipe's GAN);
+one discriminator then one generator step per batch; Adam 2e-4, betas (0.5, 0.999), no schedule (nor has the recipe);
 no EMA; samples drawn with the generator in training mode (batch statistics, as PyTorch's DCGAN example does).
 
     python bench/plain_generation.py --root ROOT --budget-s 180 --out plain.json
