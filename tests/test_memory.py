@@ -48,6 +48,7 @@ def test_resident_memory_levels_off_over_epochs(tmp_path, monkeypatch):
     train(from_dict(recipe))
     assert len(record.mb) == 12
     # The first epochs allocate caches (allocator pools, lazily built modules); after them memory stays flat. Keeping
-    # one batch's activations (~1 MB here) per step would add ~16 MB over the last 8 epochs (2 steps each).
+    # one batch's activations (~1 MB here) per step would add ~16 MB over the last 8 epochs (2 steps each); the
+    # allocator may still take one new arena later (a single 3.9 MB step was seen once), so the bound is half that.
     growth = record.mb[-1] - record.mb[3]
-    assert growth < 2.0, [round(m, 1) for m in record.mb]
+    assert growth < 8.0, [round(m, 1) for m in record.mb]
