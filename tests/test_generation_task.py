@@ -352,8 +352,9 @@ def test_the_first_validation_reports_its_one_off_work_to_the_budget_clock(tmp_p
 
 @pytest.fixture
 def one_thread():
-    """One torch thread: two on a 2-core machine that also runs other work can take 30x longer per step (threads
-    waiting for each other at every parallel region), and a 20-s budget run then has too few steps to validate."""
+    """One torch thread: with two, beside two busy processes on 2 cores, this tiny GAN's step took 3.8-4.0 s instead
+    of 0.05 in about half of the tries (threads waiting for each other at every parallel region; BENCHMARKS.md, "CPU:
+    other busy processes"), and a 20-s budget run then has too few steps to validate."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
