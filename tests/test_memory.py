@@ -48,7 +48,9 @@ def test_resident_memory_levels_off_over_epochs(tmp_path, monkeypatch):
     train(from_dict(recipe))
     assert len(record.mb) == 12
     # The first epochs allocate caches (allocator pools, lazily built modules); after them memory stays flat. Keeping
-    # one batch's activations (~1 MB here) per step would add ~16 MB over the last 8 epochs (2 steps each); the
-    # allocator may still take one new arena later (a single 3.9 MB step was seen once), so the bound is half that.
-    growth = record.mb[-1] - record.mb[3]
+    # one batch's activations (~1 MB here) per step would add ~16 MB over the last 8 epochs (2 steps each), a little
+    # every epoch. The allocator may still give memory back and take one new arena later, once (seen: 3.9 MB, and a
+    # 294 MB trim followed by a 14.6 MB step): the largest single epoch-to-epoch step is left out, the bound is half.
+    steps = [after - before for before, after in zip(record.mb[3:], record.mb[4:])]
+    growth = sum(steps) - max(steps)
     assert growth < 8.0, [round(m, 1) for m in record.mb]
